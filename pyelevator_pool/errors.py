@@ -1,0 +1,137 @@
+"""One exception hierarchy. Server error codes and low-level failures are mapped here, once.
+
+Every exception raised by this package derives from :class:`ElevatorError`, and
+also from the builtin a user would naturally catch: a missing key is a
+``KeyError``, a timeout a ``TimeoutError``, a server TYPE error a ``TypeError``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .protocol import ErrorCode
+
+__all__ = [
+    "ElevatorError", "ServerError", "ElevatorTypeError", "ElevatorKeyError", "ElevatorValueError",
+    "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError", "DatabaseError",
+    "SignalError", "RequestError", "ElevatorTimeout", "ConnectionError", "ProtocolError",
+    "PoolError", "PoolTimeout", "PoolClosed", "CompressionUnavailable", "error_from_reply",
+]
+
+
+class ElevatorError(Exception):
+    """Root of every error this package raises."""
+
+
+class ServerError(ElevatorError):
+    """The server answered the request with a failure. Never retried: the answer is final.
+
+    ``code`` is the protocol error code, ``command``/``db``/``endpoint`` say where.
+    """
+
+    code: Optional[int] = None
+
+    def __init__(self, message: str, *, code: Optional[int] = None, command: Optional[str] = None,
+                 db: Optional[str] = None, endpoint: Optional[str] = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.command = command
+        self.db = db
+        self.endpoint = endpoint
+
+    def __str__(self) -> str:
+        where = " ".join(p for p in (
+            self.command,
+            f"db={self.db!r}" if self.db else None,
+            f"at {self.endpoint}" if self.endpoint else None) if p)
+        return f"{self.message} ({where})" if where else self.message
+
+
+class ElevatorTypeError(ServerError, TypeError):
+    code = ErrorCode.TYPE
+
+
+class ElevatorKeyError(ServerError, KeyError):
+    """A missing key (GET) or an unknown command. Also a builtin ``KeyError``."""
+
+    code = ErrorCode.KEY
+
+    # KeyError.__str__ would repr() the message; keep ServerError's.
+    __str__ = ServerError.__str__
+
+
+class ElevatorValueError(ServerError, ValueError):
+    code = ErrorCode.VALUE
+
+
+class ElevatorIndexError(ServerError, IndexError):
+    code = ErrorCode.INDEX
+
+
+class ElevatorRuntimeError(ServerError, RuntimeError):
+    code = ErrorCode.RUNTIME
+
+
+class ElevatorOSError(ServerError, OSError):
+    code = ErrorCode.OS
+
+    __str__ = ServerError.__str__
+
+
+class DatabaseError(ServerError):
+    """Unknown database, database already exists, refused path, LevelDB failure."""
+
+    code = ErrorCode.DATABASE
+
+
+class SignalError(ServerError):
+    """An unknown WriteBatch operation."""
+
+    code = ErrorCode.SIGNAL
+
+
+class RequestError(ServerError, ValueError):
+    """The server found the request malformed (this project's REQUEST code)."""
+
+    code = ErrorCode.REQUEST
+
+
+class ElevatorTimeout(ElevatorError, TimeoutError):
+    """No reply within the call's timeout (or the retry policy's deadline)."""
+
+
+class ConnectionError(ElevatorError, OSError):  # noqa: A001 - deliberately also the builtin's base
+    """The request could not be sent or its socket failed (server down, context closed)."""
+
+
+class ProtocolError(ElevatorError, ValueError):
+    """A reply that does not follow the protocol."""
+
+
+class CompressionUnavailable(ElevatorError, RuntimeError):
+    """``compression=True`` was asked for, but the ``lz4`` package is not installed."""
+
+
+class PoolError(ElevatorError):
+    """Root of the pool's own errors."""
+
+
+class PoolTimeout(PoolError, TimeoutError):
+    """No socket became free within the checkout timeout."""
+
+
+class PoolClosed(PoolError):
+    """The pool was closed."""
+
+
+_BY_CODE = {cls.code: cls for cls in (
+    ElevatorTypeError, ElevatorKeyError, ElevatorValueError, ElevatorIndexError,
+    ElevatorRuntimeError, ElevatorOSError, DatabaseError, SignalError, RequestError)}
+
+
+def error_from_reply(code: Optional[int], message: Optional[str], *, command: Optional[str] = None,
+                     db: Optional[str] = None, endpoint: Optional[str] = None) -> ServerError:
+    """The exception for a server failure reply: the one place codes become classes."""
+    cls = _BY_CODE.get(code, ServerError)  # type: ignore[arg-type]
+    return cls(message or "server error", code=code, command=command, db=db, endpoint=endpoint)

@@ -1,0 +1,257 @@
+"""The Elevator wire protocol: pure encode/decode, no I/O.
+
+Both the client and the server call these functions. See ``shared/PROTOCOL.md``:
+a request is ONE msgpack frame ``{"meta": {...}, "uid": str|nil, "cmd": str,
+"args": [...]}``; a reply is TWO frames, a header map ``{"status", "err_code",
+"err_msg", "compression"[, "id"]}`` and a content map ``{"datas": D}`` (lz4
+block-compressed with a 4-byte size prefix when compression was asked for).
+
+Keys and values travel as msgpack ``bin`` from this project; the original server
+and client pack them as ``str``. Decoders here unpack with ``raw=True`` so both
+arrive as the same ``bytes``.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Any, List, NamedTuple, Optional, Sequence
+
+import msgpack
+
+__all__ = [
+    "Status", "ErrorCode", "ProtocolError", "CompressionUnavailable",
+    "Request", "Reply", "DATA_COMMANDS", "DB_COMMANDS", "ALL_COMMANDS",
+    "encode_request", "decode_request", "encode_reply", "encode_error_reply",
+    "decode_reply", "compress", "decompress", "DEFAULT_MAX_MESSAGE_SIZE",
+]
+
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024  # 64 MiB: a 1M-pair batch of 32-byte values fits
+
+
+class Status(enum.IntEnum):
+    SUCCESS = 1
+    FAILURE = -1
+    WARNING = -2  # success with a remark (MGET with missing keys)
+
+
+class ErrorCode(enum.IntEnum):
+    TYPE = 0
+    KEY = 1
+    VALUE = 2
+    INDEX = 3
+    RUNTIME = 4
+    OS = 5
+    DATABASE = 6
+    SIGNAL = 7
+    REQUEST = 8  # malformed request (this project's server)
+
+
+# Commands bound to a database uid.
+GET, MGET, PUT, DELETE, EXISTS, RANGE, SLICE, BATCH = (
+    "GET", "MGET", "PUT", "DELETE", "EXISTS", "RANGE", "SLICE", "BATCH")
+# Database management.
+PING, DBCONNECT, DBMOUNT, DBUMOUNT, DBCREATE, DBDROP, DBLIST, DBREPAIR = (
+    "PING", "DBCONNECT", "DBMOUNT", "DBUMOUNT", "DBCREATE", "DBDROP", "DBLIST", "DBREPAIR")
+
+DATA_COMMANDS = frozenset({GET, MGET, PUT, DELETE, EXISTS, RANGE, SLICE, BATCH})
+DB_COMMANDS = frozenset({PING, DBCONNECT, DBMOUNT, DBUMOUNT, DBCREATE, DBDROP, DBLIST, DBREPAIR})
+ALL_COMMANDS = DATA_COMMANDS | DB_COMMANDS
+
+# WriteBatch op codes.
+BATCH_DELETE = 0
+BATCH_PUT = 1
+
+
+class ProtocolError(Exception):
+    """A frame that does not follow the protocol. ``code`` is the ErrorCode to answer with."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.REQUEST) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CompressionUnavailable(RuntimeError):
+    """Compression was asked for but the optional ``lz4`` package is not installed."""
+
+
+class Request(NamedTuple):
+    cmd: str
+    uid: Optional[str]
+    args: list
+    meta: dict
+    #: the client's ``meta.id`` (extension), echoed in the reply header; None when absent
+    id: Any
+    compression: bool
+
+
+class Reply(NamedTuple):
+    status: int
+    err_code: Optional[int]
+    err_msg: Optional[str]
+    id: Any
+    datas: Any
+
+
+# ---------------------------------------------------------------- compression
+
+def _lz4_block():
+    try:
+        import lz4.block
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise CompressionUnavailable(
+            "compression needs the 'lz4' package: pip install 'pyelevator_pool[lz4]'") from None
+    return lz4.block
+
+
+def compress(data: bytes) -> bytes:
+    """lz4 block compression with a 4-byte little-endian size prefix (python-lz4's store_size)."""
+    return _lz4_block().compress(data, store_size=True)
+
+
+def decompress(data: bytes) -> bytes:
+    try:
+        return _lz4_block().decompress(data)
+    except CompressionUnavailable:
+        raise
+    except Exception as exc:
+        raise ProtocolError(f"bad lz4 content frame: {exc}") from None
+
+
+# ------------------------------------------------------------------- requests
+
+def encode_request(cmd: str, args: Sequence = (), uid: Optional[str] = None, *,
+                   id: Any = None, compression: bool = False) -> bytes:
+    """One request frame. ``id`` (extension) is echoed by this project's server."""
+    meta: dict = {}
+    if id is not None:
+        meta["id"] = id
+    if compression:
+        meta["compression"] = True
+    # A fresh Packer per call: Packer objects are not thread-safe.
+    return msgpack.packb({"meta": meta, "uid": uid, "cmd": cmd, "args": args},
+                         use_bin_type=True)
+
+
+def _text(value: Any, what: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"{what} is not valid UTF-8") from None
+    if isinstance(value, str):
+        return value
+    raise ProtocolError(f"{what} must be a string, not {type(value).__name__}")
+
+
+def decode_request(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Request:
+    """Parse one request frame; raise ProtocolError (code REQUEST) when it is malformed.
+
+    Decoding is bounded: the frame size is checked first, and msgpack's own
+    limits (lengths never beyond the frame, nesting depth) apply.
+    """
+    if len(frame) > max_size:
+        raise ProtocolError(f"request of {len(frame)} bytes exceeds the limit of {max_size} bytes")
+    try:
+        # raw=True: the original client packs binary keys as msgpack str.
+        msg = msgpack.unpackb(frame, raw=True, strict_map_key=False)
+    except Exception as exc:  # ExtraData, FormatError, StackError, ValueError...
+        raise ProtocolError(f"request is not valid msgpack: {type(exc).__name__}: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"request must be a msgpack map, not {type(msg).__name__}")
+    fields = {}
+    for k, v in msg.items():
+        if isinstance(k, bytes):
+            k = k.decode("utf-8", "replace")
+        fields[k] = v
+    if "cmd" not in fields:
+        raise ProtocolError("request has no 'cmd'")
+    cmd = _text(fields["cmd"], "'cmd'")
+    args = fields.get("args", None)
+    if args is None:
+        raise ProtocolError(f"{cmd}: request has no 'args' (send [] for none)")
+    if not isinstance(args, list):
+        raise ProtocolError(f"{cmd}: 'args' must be an array, not {type(args).__name__}")
+    uid = fields.get("uid")
+    if uid is not None:
+        uid = _text(uid, "'uid'")
+    raw_meta = fields.get("meta") or {}
+    if not isinstance(raw_meta, dict):
+        raise ProtocolError(f"{cmd}: 'meta' must be a map, not {type(raw_meta).__name__}")
+    meta = {}
+    for k, v in raw_meta.items():
+        if isinstance(k, bytes):
+            k = k.decode("utf-8", "replace")
+        meta[k] = v
+    rid = meta.get("id")
+    if isinstance(rid, bytes):
+        try:
+            rid = rid.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    if rid is not None and not isinstance(rid, (int, str, bytes)):
+        raise ProtocolError(f"{cmd}: 'meta.id' must be an integer or a string")
+    return Request(cmd, uid, args, meta, rid, bool(meta.get("compression", False)))
+
+
+# -------------------------------------------------------------------- replies
+
+def encode_reply(datas: Any, *, status: int = Status.SUCCESS, compression: bool = False,
+                 id: Any = None, err_msg: Optional[str] = None) -> List[bytes]:
+    """The two reply frames ``[header, content]`` of a successful (or warning) reply."""
+    header = {"status": int(status), "err_code": None, "err_msg": err_msg,
+              "compression": bool(compression)}
+    if id is not None:
+        header["id"] = id
+    content = msgpack.packb({"datas": datas}, use_bin_type=True)
+    if compression:
+        content = compress(content)
+    return [msgpack.packb(header, use_bin_type=True), content]
+
+
+def encode_error_reply(code: int, message: str, *, id: Any = None) -> List[bytes]:
+    """The two reply frames of a failure; never compressed."""
+    header = {"status": int(Status.FAILURE), "err_code": int(code), "err_msg": str(message),
+              "compression": False}
+    if id is not None:
+        header["id"] = id
+    return [msgpack.packb(header, use_bin_type=True),
+            msgpack.packb({"datas": None}, use_bin_type=True)]
+
+
+def decode_header(frame: bytes) -> dict:
+    try:
+        header = msgpack.unpackb(frame, raw=False)
+    except Exception as exc:
+        raise ProtocolError(f"reply header is not valid msgpack: {exc}") from None
+    if not isinstance(header, dict) or "status" not in header:
+        raise ProtocolError("reply header is not a map with a 'status'")
+    return header
+
+
+def decode_content(frame: bytes, compressed: bool) -> Any:
+    """The ``datas`` of a content frame; keys and values (str or bin) come back as bytes."""
+    if compressed:
+        frame = decompress(frame)
+    try:
+        content = msgpack.unpackb(frame, raw=True)
+    except Exception as exc:
+        raise ProtocolError(f"reply content is not valid msgpack: {exc}") from None
+    if not isinstance(content, dict):
+        raise ProtocolError("reply content is not a map")
+    return content.get(b"datas")
+
+
+def decode_reply(frames: Sequence[bytes]) -> Reply:
+    """Parse ``[header, content]``; raise ProtocolError when the reply is malformed."""
+    if len(frames) != 2:
+        raise ProtocolError(f"reply has {len(frames)} frames, expected 2")
+    header = decode_header(frames[0])
+    status = header.get("status")
+    if status not in (1, -1, -2):
+        raise ProtocolError(f"reply has an unknown status {status!r}")
+    err_msg = header.get("err_msg")
+    if isinstance(err_msg, bytes):
+        err_msg = err_msg.decode("utf-8", "replace")
+    datas = None
+    if status != Status.FAILURE:
+        datas = decode_content(frames[1], bool(header.get("compression")))
+    return Reply(status, header.get("err_code"), err_msg, header.get("id"), datas)

@@ -1,0 +1,25 @@
+"""Fixtures: a real elevator-server process on a free loopback port in a temporary directory."""
+from __future__ import annotations
+
+import pytest
+
+from pyelevator_pool.testing import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One real server shared by the tests of a module (they must use distinct keys or dbs)."""
+    srv = ServerProcess(str(tmp_path_factory.mktemp("elevator")))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path):
+    """A server of the test's own, for tests that kill, restart or drop things."""
+    srv = ServerProcess(str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    srv.start()
+    yield srv
+    srv.stop()
