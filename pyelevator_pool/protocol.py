@@ -64,9 +64,11 @@ BATCH_PUT = 1
 class ProtocolError(Exception):
     """A frame that does not follow the protocol. ``code`` is the ErrorCode to answer with."""
 
-    def __init__(self, message: str, code: ErrorCode = ErrorCode.REQUEST) -> None:
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.REQUEST, *, id: Any = None) -> None:
         super().__init__(message)
         self.code = code
+        #: the request's ``meta.id`` when it parsed far enough to have one (echo it in the error)
+        self.id = id
 
 
 class CompressionUnavailable(RuntimeError):
@@ -162,20 +164,10 @@ def decode_request(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Re
         if isinstance(k, bytes):
             k = k.decode("utf-8", "replace")
         fields[k] = v
-    if "cmd" not in fields:
-        raise ProtocolError("request has no 'cmd'")
-    cmd = _text(fields["cmd"], "'cmd'")
-    args = fields.get("args", None)
-    if args is None:
-        raise ProtocolError(f"{cmd}: request has no 'args' (send [] for none)")
-    if not isinstance(args, list):
-        raise ProtocolError(f"{cmd}: 'args' must be an array, not {type(args).__name__}")
-    uid = fields.get("uid")
-    if uid is not None:
-        uid = _text(uid, "'uid'")
+    # meta (and its id) first, so that every later complaint can echo the id.
     raw_meta = fields.get("meta") or {}
     if not isinstance(raw_meta, dict):
-        raise ProtocolError(f"{cmd}: 'meta' must be a map, not {type(raw_meta).__name__}")
+        raise ProtocolError(f"'meta' must be a map, not {type(raw_meta).__name__}")
     meta = {}
     for k, v in raw_meta.items():
         if isinstance(k, bytes):
@@ -188,7 +180,22 @@ def decode_request(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Re
         except UnicodeDecodeError:
             pass
     if rid is not None and not isinstance(rid, (int, str, bytes)):
-        raise ProtocolError(f"{cmd}: 'meta.id' must be an integer or a string")
+        raise ProtocolError("'meta.id' must be an integer or a string")
+    try:
+        if "cmd" not in fields:
+            raise ProtocolError("request has no 'cmd'")
+        cmd = _text(fields["cmd"], "'cmd'")
+        args = fields.get("args", None)
+        if args is None:
+            raise ProtocolError(f"{cmd}: request has no 'args' (send [] for none)")
+        if not isinstance(args, list):
+            raise ProtocolError(f"{cmd}: 'args' must be an array, not {type(args).__name__}")
+        uid = fields.get("uid")
+        if uid is not None:
+            uid = _text(uid, "'uid'")
+    except ProtocolError as exc:
+        exc.id = rid
+        raise
     return Request(cmd, uid, args, meta, rid, bool(meta.get("compression", False)))
 
 

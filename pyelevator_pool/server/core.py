@@ -1,0 +1,295 @@
+"""The server loop: one ROUTER socket, light commands inline, heavy ones on worker threads.
+
+Concurrency model (chosen by measuring, see the server README section / benchmarks):
+the main thread owns the ROUTER socket and answers cheap requests (GET, PUT,
+small MGET/BATCH, admin) inline, with no hand-off at all. Requests that may take
+long (RANGE, big SLICE/MGET/BATCH frames, DBREPAIR...) go to a small pool of
+worker threads (``workers``; 0 = everything inline), which send their replies
+back over an inproc PUSH socket that the main loop forwards. plyvel releases the
+GIL inside LevelDB, so a big RANGE no longer holds up a GET behind it. Replies to
+one DEALER may then come out of order, as with the original server's workers;
+clients that need order use ``meta.id``.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import queue
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import zmq
+
+from .. import protocol
+from ..protocol import ErrorCode, ProtocolError, encode_error_reply
+from .handlers import Dispatcher
+from .store import Store
+
+__all__ = ["Config", "Server"]
+
+log = logging.getLogger("elevator.server")
+
+_RESULTS = "inproc://elevator-results"
+_TICK = 0.1            # seconds between checks of the stop flag and idle databases
+_BURST = 256           # requests read per wake-up before looking at worker replies
+_BIG_FRAME = 16 * 1024  # request frames above this are decoded on a worker
+_BIG_COUNT = 256       # MGET/BATCH/SLICE above this many items go to a worker
+_DRAIN_TIME = 10.0     # seconds a graceful stop spends answering what is in flight
+
+
+@dataclass
+class Config:
+    data_dir: str = "elevator-data"
+    bind: str = "127.0.0.1"
+    port: int = 4141
+    transport: str = "tcp"
+    socket_path: Optional[str] = None
+    allow_paths: List[str] = field(default_factory=list)
+    max_message_size: int = protocol.DEFAULT_MAX_MESSAGE_SIZE
+    sync: bool = False
+    workers: int = 2
+    unmount_after: float = 600.0
+    ready_file: Optional[str] = None
+
+    def endpoint(self) -> str:
+        if self.transport == "ipc":
+            path = self.socket_path or os.path.join(self.data_dir, "elevator.sock")
+            return f"ipc://{os.path.abspath(path)}"
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"tcp://{host}:{self.port or '*'}"
+
+
+def _write_atomically(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".ready-", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Server:
+    """An Elevator-compatible server. :meth:`start` binds and loads, :meth:`serve` runs until
+    :meth:`stop` (or SIGTERM/SIGINT when :meth:`install_signal_handlers` was called)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(config.data_dir, allowed_roots=config.allow_paths, sync=config.sync)
+        self.dispatcher = Dispatcher(self.store, max_message_size=config.max_message_size,
+                                     sync=config.sync)
+        self.endpoint: Optional[str] = None
+        self._stop = threading.Event()
+        self._ctx: Optional[zmq.Context] = None
+        self._front: Optional[zmq.Socket] = None
+        self._results: Optional[zmq.Socket] = None
+        self._tasks: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._threads: List[threading.Thread] = []
+        self._in_flight = 0
+
+    # --------------------------------------------------------------- lifecycle
+
+    def start(self) -> str:
+        """Load the databases, bind the socket, start workers; returns the bound endpoint."""
+        self.store.load()
+        ctx = self._ctx = zmq.Context()
+        front = self._front = ctx.socket(zmq.ROUTER)
+        limit = self.config.max_message_size
+        # A frame far beyond the limit is refused by libzmq before it is buffered (the peer is
+        # disconnected); one a little over it reaches decode_request, which answers REQUEST.
+        front.setsockopt(zmq.MAXMSGSIZE, limit + min(limit, 1024 * 1024))
+        front.setsockopt(zmq.LINGER, 2000)
+        if self.config.transport == "tcp" and ":" in self.config.bind:
+            front.setsockopt(zmq.IPV6, 1)
+        try:
+            front.bind(self.config.endpoint())
+        except zmq.ZMQError as exc:
+            front.close(0)
+            ctx.term()
+            self.store.close_all()
+            raise OSError(f"cannot bind {self.config.endpoint()}: {exc}") from None
+        self.endpoint = front.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self.config.workers > 0:
+            results = self._results = ctx.socket(zmq.PULL)
+            results.bind(_RESULTS)
+            for i in range(self.config.workers):
+                t = threading.Thread(target=self._worker, name=f"elevator-worker-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        # Long-lived startup objects leave the GC's view; big decodes trigger fewer collections.
+        gc.collect()
+        gc.freeze()
+        log.info("elevator-server listening on %s; data in %s (%d databases); workers=%d; "
+                 "unmount idle after %ss%s", self.endpoint, self.store.data_dir,
+                 len(self.store.list()), self.config.workers, self.config.unmount_after or "never",
+                 "; sync writes" if self.config.sync else "")
+        if self.config.ready_file:
+            _write_atomically(self.config.ready_file, self.endpoint + "\n")
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Ask the loop to stop: it answers what is in flight, then closes everything."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            self.stop()
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    # ---------------------------------------------------------------- the loop
+
+    def serve(self) -> None:
+        front, results = self._front, self._results
+        assert front is not None
+        poller = zmq.Poller()
+        poller.register(front, zmq.POLLIN)
+        if results is not None:
+            poller.register(results, zmq.POLLIN)
+        unmount_after = self.config.unmount_after
+        tick = max(0.05, min(1.0, unmount_after / 2)) if unmount_after > 0 else None
+        next_tick = time.monotonic() + tick if tick else None
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(_TICK * 1000))
+                if front in events:
+                    self._read_requests(front, _BURST)
+                if results is not None and results in events:
+                    self._forward_replies(front, results, _BURST)
+                if next_tick is not None and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + tick  # type: ignore[operator]
+                    for name in self.store.unmount_idle(unmount_after):
+                        log.debug("idle database %s unmounted", name)
+            self._drain(front, results)
+        finally:
+            self._shutdown()
+
+    def _read_requests(self, front: zmq.Socket, budget: int) -> int:
+        handled = 0
+        recv = front.recv_multipart
+        send = front.send_multipart
+        workers = self.config.workers
+        dispatcher = self.dispatcher
+        while handled < budget:
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            handled += 1
+            if len(frames) != 2:
+                send([frames[0], *encode_error_reply(
+                    ErrorCode.REQUEST, f"request has {len(frames) - 1} frames, expected 1")])
+                continue
+            ident, frame = frames
+            if workers and len(frame) > _BIG_FRAME:
+                self._submit(ident, frame)
+                continue
+            try:
+                request = dispatcher.decode(frame)
+            except ProtocolError as exc:
+                send([ident, *encode_error_reply(exc.code, str(exc), id=exc.id)])
+                continue
+            if workers and self._is_heavy(request):
+                self._submit(ident, request)
+                continue
+            send([ident, *dispatcher.run(request)], copy=False)
+        return handled
+
+    @staticmethod
+    def _is_heavy(request: protocol.Request) -> bool:
+        cmd, args = request.cmd, request.args
+        if cmd == protocol.RANGE or cmd in _SLOW_ADMIN:
+            return True
+        if cmd in _BULK and args:
+            first = args[1] if cmd == protocol.SLICE and len(args) > 1 else args[0]
+            if isinstance(first, int):
+                return first > _BIG_COUNT
+            return isinstance(first, list) and len(first) > _BIG_COUNT
+        return False
+
+    def _submit(self, ident: bytes, payload: Any) -> None:
+        self._in_flight += 1
+        self._tasks.put((ident, payload))
+
+    def _forward_replies(self, front: zmq.Socket, results: zmq.Socket, budget: int) -> int:
+        n = 0
+        while n < budget:
+            try:
+                frames = results.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            n += 1
+            self._in_flight -= 1
+            front.send_multipart(frames, copy=False)
+        return n
+
+    def _worker(self) -> None:
+        assert self._ctx is not None
+        out = self._ctx.socket(zmq.PUSH)
+        out.setsockopt(zmq.LINGER, -1)
+        out.connect(_RESULTS)
+        dispatcher = self.dispatcher
+        try:
+            while True:
+                task = self._tasks.get()
+                if task is None:
+                    break
+                ident, payload = task
+                try:
+                    if isinstance(payload, protocol.Request):
+                        reply = dispatcher.run(payload)
+                    else:
+                        reply = dispatcher.handle(payload)
+                except BaseException as exc:  # pragma: no cover - run/handle never raise
+                    log.exception("worker failed")
+                    reply = encode_error_reply(ErrorCode.RUNTIME, f"internal error: {exc}")
+                out.send_multipart([ident, *reply], copy=False)
+        finally:
+            out.close()
+
+    # ------------------------------------------------------------------ stop
+
+    def _drain(self, front: zmq.Socket, results: Optional[zmq.Socket]) -> None:
+        """Stop accepting, answer what was already received and what workers are doing."""
+        try:
+            front.unbind(self.endpoint)
+        except zmq.ZMQError:  # pragma: no cover
+            pass
+        deadline = time.monotonic() + _DRAIN_TIME
+        while time.monotonic() < deadline and self._read_requests(front, _BURST):
+            pass
+        while results is not None and self._in_flight > 0 and time.monotonic() < deadline:
+            if results.poll(50):
+                self._forward_replies(front, results, _BURST)
+        if self._in_flight:
+            log.warning("stopping with %d requests unanswered", self._in_flight)
+
+    def _shutdown(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+        for t in self._threads:
+            t.join(_DRAIN_TIME)
+        if self._results is not None:
+            self._results.close(0)
+        if self._front is not None:
+            self._front.close()  # LINGER lets the last replies go out
+        self.store.close_all()
+        if self._ctx is not None:
+            self._ctx.term()
+        if self.config.transport == "ipc" and self.endpoint:
+            try:
+                os.unlink(self.endpoint[len("ipc://"):])
+            except OSError:
+                pass
+        log.info("elevator-server stopped")
+
+
+_BULK = frozenset({protocol.MGET, protocol.BATCH, protocol.SLICE})
+_SLOW_ADMIN = frozenset({protocol.DBREPAIR, protocol.DBCREATE, protocol.DBDROP,
+                         protocol.DBMOUNT, protocol.DBUMOUNT, protocol.DBCONNECT})

@@ -1,0 +1,324 @@
+"""Commands: one request frame in, the two reply frames out. No sockets here.
+
+:meth:`Dispatcher.handle` never raises: every request, however malformed, gets
+a reply (a REQUEST failure for a malformed one), so no request goes unanswered.
+
+Bulk commands keep per-item Python to a minimum: RANGE/SLICE are a ``list()``
+of plyvel's iterator (its tuples pack as msgpack arrays), MGET is a C-level
+``map`` of ``snapshot.get``, BATCH fills one LevelDB WriteBatch that is written
+only once every op was checked (so a bad op leaves the database untouched).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from itertools import islice
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import plyvel
+
+from .. import protocol
+from ..protocol import (
+    BATCH_DELETE, BATCH_PUT, DATA_COMMANDS, CompressionUnavailable, ErrorCode, ProtocolError,
+    Status, decode_request, encode_error_reply, encode_reply)
+from .store import CommandError, Store
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger("elevator.server")
+
+_SUCCESS = int(Status.SUCCESS)
+_WARNING = int(Status.WARNING)
+
+
+def _arity(cmd: str, args: list, low: int, high: Optional[int] = None) -> None:
+    high = low if high is None else high
+    if not low <= len(args) <= high:
+        want = str(low) if low == high else f"{low} to {high}"
+        raise CommandError(f"{cmd} takes {want} argument(s), got {len(args)}", ErrorCode.REQUEST)
+
+
+def _key(value: Any, what: str = "key") -> bytes:
+    if not isinstance(value, bytes):
+        raise CommandError(f"{what} must be a string, not {type(value).__name__}", ErrorCode.TYPE)
+    return value
+
+
+def _opt_key(value: Any, what: str) -> Optional[bytes]:
+    return None if value is None else _key(value, what)
+
+
+def _flag(value: Any, what: str) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, (bool, int)):
+        raise CommandError(f"{what} must be a boolean, not {type(value).__name__}", ErrorCode.TYPE)
+    return bool(value)
+
+
+def _name(value: Any) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CommandError("database name is not valid UTF-8") from None
+    if isinstance(value, str):
+        return value
+    raise CommandError(f"database name must be a string, not {type(value).__name__}",
+                       ErrorCode.TYPE)
+
+
+def _prefix_end(prefix: bytes) -> Optional[bytes]:
+    """The smallest key greater than every key starting with ``prefix`` (None: no bound)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+class Dispatcher:
+    """Decodes a request, runs its command against the :class:`Store`, encodes the reply."""
+
+    def __init__(self, store: Store, *, max_message_size: int = protocol.DEFAULT_MAX_MESSAGE_SIZE,
+                 sync: bool = False) -> None:
+        self.store = store
+        self.max_message_size = max_message_size
+        self.sync = sync
+        self._data: Dict[str, Callable[[plyvel.DB, list], Tuple[int, Any]]] = {
+            protocol.GET: self._get, protocol.MGET: self._mget, protocol.PUT: self._put,
+            protocol.DELETE: self._delete, protocol.EXISTS: self._exists,
+            protocol.RANGE: self._range, protocol.SLICE: self._slice, protocol.BATCH: self._batch,
+        }
+        self._admin: Dict[str, Callable[[Optional[str], list], Any]] = {
+            protocol.PING: self._ping, protocol.DBCONNECT: self._dbconnect,
+            protocol.DBMOUNT: self._dbmount, protocol.DBUMOUNT: self._dbumount,
+            protocol.DBCREATE: self._dbcreate, protocol.DBDROP: self._dbdrop,
+            protocol.DBLIST: self._dblist, protocol.DBREPAIR: self._dbrepair,
+        }
+
+    # ------------------------------------------------------------------ entry
+
+    def decode(self, frame: bytes) -> protocol.Request:
+        """decode_request with this server's size limit (raises ProtocolError)."""
+        return decode_request(frame, self.max_message_size)
+
+    def handle(self, frame: bytes) -> List[bytes]:
+        """The reply frames ``[header, content]`` for one request frame. Never raises."""
+        try:
+            request = decode_request(frame, self.max_message_size)
+        except ProtocolError as exc:
+            return encode_error_reply(exc.code, str(exc), id=getattr(exc, "id", None))
+        except Exception as exc:  # pragma: no cover - a decoder bug must not kill the loop
+            log.exception("decoding a request")
+            return encode_error_reply(ErrorCode.REQUEST, f"undecodable request: {exc}")
+        return self.run(request)
+
+    def run(self, request: protocol.Request) -> List[bytes]:
+        """The reply frames for a decoded request. Never raises."""
+        rid = request.id
+        try:
+            status, datas = self._execute(request)
+        except CommandError as exc:
+            return encode_error_reply(exc.code, str(exc), id=rid)
+        except ProtocolError as exc:
+            return encode_error_reply(exc.code, str(exc), id=rid)
+        except TypeError as exc:  # plyvel's answer to a non-bytes key or value
+            return encode_error_reply(ErrorCode.TYPE, f"{request.cmd}: {exc}", id=rid)
+        except plyvel.Error as exc:
+            return encode_error_reply(ErrorCode.DATABASE, f"{request.cmd}: {exc}", id=rid)
+        except (ValueError, OverflowError) as exc:
+            return encode_error_reply(ErrorCode.VALUE, f"{request.cmd}: {exc}", id=rid)
+        except OSError as exc:
+            return encode_error_reply(ErrorCode.OS, f"{request.cmd}: {exc}", id=rid)
+        except Exception as exc:
+            log.exception("%s failed", request.cmd)
+            return encode_error_reply(ErrorCode.RUNTIME, f"{request.cmd}: {exc}", id=rid)
+        try:
+            return encode_reply(datas, status=status, compression=request.compression, id=rid)
+        except CompressionUnavailable:
+            # The header says compression=false, which a client honours.
+            return encode_reply(datas, status=status, compression=False, id=rid)
+        except Exception as exc:  # e.g. a result msgpack cannot pack
+            log.exception("encoding the reply of %s", request.cmd)
+            return encode_error_reply(ErrorCode.RUNTIME, f"{request.cmd}: {exc}", id=rid)
+
+    def _execute(self, request: protocol.Request) -> Tuple[int, Any]:
+        cmd, uid, args = request.cmd, request.uid, request.args
+        handler = self._data.get(cmd)
+        if handler is not None:
+            if not uid:
+                raise CommandError(f"{cmd} needs the uid of a database (DBCONNECT gives it)",
+                                   ErrorCode.REQUEST)
+            store = self.store
+            db = store.acquire(uid)
+            try:
+                return handler(db, args)
+            finally:
+                store.release(uid)
+        admin = self._admin.get(cmd)
+        if admin is None:
+            if uid and not self.store.has_uid(uid):
+                raise CommandError(f"Database {uid} doesn't exist", ErrorCode.RUNTIME)
+            raise CommandError(f"Command {cmd} not handled", ErrorCode.KEY)
+        if uid and not self.store.has_uid(uid):
+            raise CommandError(f"Database {uid} doesn't exist", ErrorCode.RUNTIME)
+        return _SUCCESS, admin(uid, args)
+
+    # ----------------------------------------------------------- data commands
+
+    def _get(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+        _arity("GET", args, 1)
+        value = db.get(_key(args[0]))
+        if value is None:
+            raise CommandError(f"Key {args[0]!r} does not exist", ErrorCode.KEY)
+        return _SUCCESS, [value]
+
+    def _mget(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+        _arity("MGET", args, 1, 2)
+        keys = args[0]
+        if not isinstance(keys, list):
+            raise CommandError(f"MGET keys must be an array, not {type(keys).__name__}",
+                               ErrorCode.TYPE)
+        fill_cache = bool(args[1]) if len(args) > 1 else False
+        if not keys:
+            return _SUCCESS, []
+        # One snapshot: every value read at the same instant. map() keeps the loop in C;
+        # plyvel raises TypeError for a non-bytes key.
+        snapshot = db.snapshot()
+        try:
+            values = list(map(functools.partial(snapshot.get, fill_cache=fill_cache), keys))
+        finally:
+            snapshot.close()
+        return (_WARNING if None in values else _SUCCESS), values
+
+    def _put(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+        _arity("PUT", args, 2)
+        db.put(_key(args[0]), _key(args[1], "value"), sync=self.sync)
+        return _SUCCESS, None
+
+    def _delete(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+        _arity("DELETE", args, 1)
+        db.delete(_key(args[0]), sync=self.sync)
+        return _SUCCESS, None
+
+    def _exists(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+        _arity("EXISTS", args, 1)
+        # [false], not the original's bare false: every answer has the same shape.
+        return _SUCCESS, [db.get(_key(args[0])) is not None]
+
+    def _range(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+        _arity("RANGE", args, 2, 5)
+        key_from = _opt_key(args[0], "key_from")
+        key_to = _opt_key(args[1], "key_to")
+        include_key = _flag(args[2], "include_key") if len(args) > 2 else True
+        include_value = _flag(args[3], "include_value") if len(args) > 3 else True
+        prefix = _opt_key(args[4], "prefix") if len(args) > 4 else None
+        include_stop = True
+        if prefix:
+            # Narrow [key_from, key_to] to the prefix's keys without a per-item check.
+            if key_from is None or key_from < prefix:
+                key_from = prefix
+            end = _prefix_end(prefix)
+            if end is not None and (key_to is None or key_to >= end):
+                key_to, include_stop = end, False
+        it = db.iterator(start=key_from, stop=key_to, include_stop=include_stop,
+                         include_key=include_key, include_value=include_value)
+        try:
+            return _SUCCESS, list(it)
+        finally:
+            it.close()
+
+    def _slice(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+        _arity("SLICE", args, 2, 4)
+        key_from = _opt_key(args[0], "key_from")
+        count = args[1]
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise CommandError(f"SLICE count must be an integer, not {type(count).__name__}",
+                               ErrorCode.TYPE)
+        if count < 0:
+            raise CommandError("SLICE count must not be negative", ErrorCode.VALUE)
+        include_key = _flag(args[2], "include_key") if len(args) > 2 else True
+        include_value = _flag(args[3], "include_value") if len(args) > 3 else True
+        it = db.iterator(start=key_from, include_key=include_key, include_value=include_value)
+        try:
+            return _SUCCESS, list(islice(it, count))
+        finally:
+            it.close()
+
+    def _batch(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+        _arity("BATCH", args, 1)
+        ops = args[0]
+        if not isinstance(ops, list):
+            raise CommandError(f"BATCH ops must be an array, not {type(ops).__name__}",
+                               ErrorCode.TYPE)
+        # A WriteBatch is only buffered until write(): a bad op anywhere means nothing is written.
+        wb = db.write_batch(sync=self.sync)
+        put, delete = wb.put, wb.delete
+        try:
+            for op in ops:
+                try:
+                    n = len(op) if op.__class__ is list else 0
+                    if n == 3 and op[0] == BATCH_PUT:
+                        put(op[1], op[2])
+                    elif n == 2 and op[0] == BATCH_DELETE:
+                        delete(op[1])
+                    else:
+                        self._bad_op(op)
+                except (TypeError, ValueError):  # a non-bytes key or value
+                    self._bad_op(op)
+        except BaseException:
+            wb.clear()
+            raise
+        wb.write()
+        return _SUCCESS, None
+
+    @staticmethod
+    def _bad_op(op: Any) -> None:
+        if not isinstance(op, list) or not op:
+            raise CommandError(f"BATCH op must be a non-empty array, not {op!r:.80}",
+                               ErrorCode.TYPE)
+        code = op[0]
+        if isinstance(code, bool) or code not in (BATCH_PUT, BATCH_DELETE):
+            raise CommandError(f"BATCH: unknown operation {code!r:.40}", ErrorCode.SIGNAL)
+        raise CommandError(
+            f"BATCH: malformed op {op!r:.80}: expected [1, key, value] or [0, key] with string "
+            "key and value", ErrorCode.TYPE)
+
+    # ------------------------------------------------------- admin commands
+
+    def _ping(self, uid: Optional[str], args: list) -> Any:
+        return ["PONG"]
+
+    def _dbconnect(self, uid: Optional[str], args: list) -> Any:
+        _arity("DBCONNECT", args, 1)
+        return [self.store.connect(_name(args[0]))]
+
+    def _dbmount(self, uid: Optional[str], args: list) -> Any:
+        _arity("DBMOUNT", args, 1)
+        self.store.mount(_name(args[0]))
+        return None
+
+    def _dbumount(self, uid: Optional[str], args: list) -> Any:
+        _arity("DBUMOUNT", args, 1)
+        self.store.unmount(_name(args[0]))
+        return None
+
+    def _dbcreate(self, uid: Optional[str], args: list) -> Any:
+        _arity("DBCREATE", args, 1, 2)
+        self.store.create(_name(args[0]), args[1] if len(args) > 1 else None)
+        return None
+
+    def _dbdrop(self, uid: Optional[str], args: list) -> Any:
+        _arity("DBDROP", args, 1)
+        self.store.drop(_name(args[0]))
+        return None
+
+    def _dblist(self, uid: Optional[str], args: list) -> Any:
+        return self.store.list()
+
+    def _dbrepair(self, uid: Optional[str], args: list) -> Any:
+        if not uid:
+            raise CommandError("DBREPAIR needs the uid of the database to repair",
+                               ErrorCode.REQUEST)
+        self.store.repair(uid)
+        return None

@@ -1,0 +1,69 @@
+"""A tiny raw DEALER client for the server's tests: protocol frames in, frames out, nothing more."""
+from __future__ import annotations
+
+import gc
+from typing import Any, List, Optional, Sequence
+
+import zmq
+
+from pyelevator_pool import protocol
+
+TIMEOUT = 5.0  # seconds; every receive in the tests is bounded
+
+
+class RawClient:
+    """One DEALER socket (LINGER=0); every receive has a timeout."""
+
+    def __init__(self, endpoint: str, timeout: float = TIMEOUT) -> None:
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(endpoint)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+    def __enter__(self) -> "RawClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def send_frames(self, frames: Sequence[bytes]) -> None:
+        self.sock.send_multipart(list(frames))
+
+    def recv_frames(self, timeout: Optional[float] = None) -> List[bytes]:
+        """The next reply's frames; TimeoutError when none comes in time."""
+        t = self.timeout if timeout is None else timeout
+        if not self.sock.poll(int(t * 1000)):
+            raise TimeoutError(f"no reply within {t}s")
+        return self.sock.recv_multipart()
+
+    def recv(self, timeout: Optional[float] = None) -> protocol.Reply:
+        frames = self.recv_frames(timeout)
+        enabled = gc.isenabled()
+        gc.disable()  # decoding big replies allocates many objects at once
+        try:
+            return protocol.decode_reply(frames)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def raw(self, frame: bytes, timeout: Optional[float] = None) -> protocol.Reply:
+        """Send one arbitrary frame, return the decoded reply."""
+        self.sock.send(frame)
+        return self.recv(timeout)
+
+    def call(self, cmd: str, args: Sequence = (), uid: Optional[str] = None, *,
+             id: Any = None, compression: bool = False,
+             timeout: Optional[float] = None) -> protocol.Reply:
+        self.sock.send(protocol.encode_request(cmd, list(args), uid, id=id,
+                                               compression=compression))
+        return self.recv(timeout)
+
+    def uid(self, name: str = "default") -> str:
+        reply = self.call(protocol.DBCONNECT, [name])
+        assert reply.status == 1, reply
+        uid = reply.datas[0]
+        return uid.decode() if isinstance(uid, bytes) else uid
