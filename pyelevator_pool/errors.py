@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+from . import protocol as _protocol
 from .protocol import ErrorCode
 
 __all__ = [
     "ElevatorError", "ServerError", "ElevatorTypeError", "ElevatorKeyError", "ElevatorValueError",
     "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError", "DatabaseError",
-    "SignalError", "RequestError", "ElevatorTimeout", "ConnectionError", "ProtocolError",
+    "SignalError", "RequestError", "TransportError", "ElevatorTimeout", "ConnectionError", "ProtocolError",
     "PoolError", "PoolTimeout", "PoolClosed", "CompressionUnavailable", "error_from_reply",
 ]
 
@@ -97,19 +98,31 @@ class RequestError(ServerError, ValueError):
     code = ErrorCode.REQUEST
 
 
-class ElevatorTimeout(ElevatorError, TimeoutError):
+class TransportError(ElevatorError):
+    """A failure below the protocol: no answer came. ``request_sent`` says whether the
+    request may have reached the server (False: provably never sent, so any command
+    may be retried; True: the outcome is unknown, only idempotent commands are)."""
+
+    def __init__(self, message: str, *, request_sent: bool = True) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+
+class ElevatorTimeout(TransportError, TimeoutError):
     """No reply within the call's timeout (or the retry policy's deadline)."""
 
 
-class ConnectionError(ElevatorError, OSError):  # noqa: A001 - deliberately also the builtin's base
-    """The request could not be sent or its socket failed (server down, context closed)."""
+class ConnectionError(TransportError, OSError):  # noqa: A001 - deliberately also the builtin's base
+    """The socket failed or its peer went away (server killed, context closed)."""
+
+    __str__ = Exception.__str__
 
 
 class ProtocolError(ElevatorError, ValueError):
     """A reply that does not follow the protocol."""
 
 
-class CompressionUnavailable(ElevatorError, RuntimeError):
+class CompressionUnavailable(ElevatorError, _protocol.CompressionUnavailable):
     """``compression=True`` was asked for, but the ``lz4`` package is not installed."""
 
 

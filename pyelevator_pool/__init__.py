@@ -1,0 +1,30 @@
+"""pyelevator_pool: a connection-pooled, thread-safe client for the Elevator key-value server.
+
+>>> from pyelevator_pool import Elevator
+>>> E = Elevator()              # bound to the 'default' database on 127.0.0.1:4141
+>>> E.Put('abc', '123')
+>>> E.Get('abc')
+b'123'
+"""
+from __future__ import annotations
+
+from .batch import WriteBatch
+from .client import Elevator
+from .errors import (CompressionUnavailable, ConnectionError, DatabaseError, ElevatorError,
+                     ElevatorIndexError, ElevatorKeyError, ElevatorOSError, ElevatorRuntimeError,
+                     ElevatorTimeout, ElevatorTypeError, ElevatorValueError, PoolClosed, PoolError,
+                     PoolTimeout, ProtocolError, RequestError, ServerError, SignalError,
+                     TransportError)
+from .pool import ElevatorPool
+from .retry import NO_RETRY, RetryPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Elevator", "WriteBatch", "ElevatorPool", "RetryPolicy", "NO_RETRY",
+    "ElevatorError", "ServerError", "ElevatorKeyError", "ElevatorTypeError", "ElevatorValueError",
+    "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError", "DatabaseError",
+    "SignalError", "RequestError", "TransportError", "ElevatorTimeout", "ConnectionError",
+    "ProtocolError", "CompressionUnavailable", "PoolError", "PoolTimeout", "PoolClosed",
+    "__version__",
+]

@@ -1,0 +1,461 @@
+"""Elevator: the documented py-elevator API, in Python 3, over an :class:`ElevatorPool`.
+
+The client knows commands and argument shapes; it knows nothing of sockets.
+"""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from . import errors, protocol
+from .pool import ElevatorPool
+from .protocol import ErrorCode, Status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .batch import WriteBatch
+
+__all__ = ["Elevator", "Key", "Value"]
+
+Key = Union[str, bytes]
+Value = Union[str, bytes]
+
+_DEFAULT_ENDPOINT = "127.0.0.1:4141"
+#: items per page of RangeIter: about 0.5 MB of reply for 32-byte values, small
+#: enough to bound memory, large enough that a page costs far more than a round trip.
+RANGE_ITER_PAGE = 10_000
+
+
+def to_bytes(value: Any, what: str = "key") -> bytes:
+    """A key or value as bytes: str is UTF-8 encoded; anything else is a TypeError."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
+
+
+def _check_timeout(timeout: Optional[float]) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+
+
+def _check_db_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"database name must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError("database name must not be empty")
+    return name
+
+
+def _check_flags(include_key: bool, include_value: bool) -> None:
+    _check_bool("include_key", include_key)
+    _check_bool("include_value", include_value)
+    if not (include_key or include_value):
+        raise ValueError("include_key and include_value cannot both be False")
+
+
+def _key_or_none(value: Any, what: str) -> Optional[bytes]:
+    return None if value is None else to_bytes(value, what)
+
+
+def _after(key: bytes) -> bytes:
+    """The smallest key greater than ``key`` (LevelDB orders keys bytewise)."""
+    return key + b"\x00"
+
+
+class Elevator:
+    """A thread-safe client of one Elevator server, bound to one database.
+
+    One ``Elevator`` may be shared by every thread of a program: each call checks a
+    socket out of the pool underneath. With no ``pool`` it owns a private one.
+
+    :param db_name: the database to bind to; ``"default"`` when None. The database
+        must exist (:meth:`createdb` makes one); the binding is checked at once, so a
+        wrong endpoint or name fails here and not at the first call.
+    :param endpoint: ``"host:port"`` or a ZeroMQ URL (``"tcp://host:port"``,
+        ``"ipc:///path"``). Default ``"127.0.0.1:4141"``.
+    :param transport: ``"tcp"`` or ``"ipc"``, for an endpoint given without a scheme.
+    :param timeout: default deadline of a call in seconds, covering checkout, send,
+        receive and every retry; each method's ``timeout=`` overrides it. Default: the
+        pool's (10 s). The original client used 1 s for calls and 10 s for batches; one
+        default that also rides out a server restart and still bounds a hang is simpler.
+    :param pool: an :class:`ElevatorPool` to share (several ``Elevator`` objects, on
+        different databases, may share one); ``endpoint``, ``transport`` and the pool
+        options must then not be given.
+    :param decode_responses: return keys, values and names as ``str`` (UTF-8) instead
+        of ``bytes``.
+    :param compression: ask for lz4-compressed replies by default (needs ``lz4``).
+    :param pool_options: passed to the private :class:`ElevatorPool` (``max_size``,
+        ``checkout_timeout``, ``health_check_interval``, ``retry``, ...).
+
+    Raises DatabaseError for an unknown database, ElevatorTimeout/ConnectionError
+    when the server cannot be reached.
+    """
+
+    def __init__(self, db_name: Optional[str] = None, *, endpoint: Optional[str] = None,
+                 transport: Optional[str] = None, timeout: Optional[float] = None,
+                 pool: Optional[ElevatorPool] = None, decode_responses: bool = False,
+                 compression: bool = False, **pool_options: Any) -> None:
+        name = "default" if db_name is None else _check_db_name(db_name)
+        _check_timeout(timeout)
+        _check_bool("decode_responses", decode_responses)
+        _check_bool("compression", compression)
+        if compression:
+            self._require_lz4()
+        if pool is None:
+            pool = ElevatorPool(endpoint or _DEFAULT_ENDPOINT, transport=transport or "tcp",
+                                **({"timeout": timeout} if timeout is not None else {}),
+                                **pool_options)
+            self._owns_pool = True
+        else:
+            if not isinstance(pool, ElevatorPool):
+                raise TypeError(f"pool must be an ElevatorPool, not {type(pool).__name__}")
+            if endpoint is not None or transport is not None or pool_options:
+                given = sorted(["endpoint"] * (endpoint is not None)
+                               + ["transport"] * (transport is not None) + list(pool_options))
+                raise ValueError(f"{', '.join(given)}: give these to the ElevatorPool, "
+                                 "not to an Elevator that shares it")
+            self._owns_pool = False
+        self._pool = pool
+        self.timeout = timeout
+        self.decode_responses = decode_responses
+        self.compression = compression
+        self._uid_lock = threading.Lock()
+        self._binding: Tuple[str, str] = (name, "")
+        try:
+            self._binding = (name, self._resolve_uid(name, timeout, refresh=False))
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _require_lz4() -> None:
+        try:
+            import lz4.block  # noqa: F401
+        except ImportError:
+            raise errors.CompressionUnavailable(
+                "compression=True needs the 'lz4' package: pip install 'pyelevator_pool[lz4]'"
+            ) from None
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def pool(self) -> ElevatorPool:
+        """The :class:`ElevatorPool` this client sends through."""
+        return self._pool
+
+    @property
+    def db_name(self) -> str:
+        """The name of the database this client is bound to."""
+        return self._binding[0]
+
+    @property
+    def endpoint(self) -> str:
+        return self._pool.endpoint
+
+    def __repr__(self) -> str:
+        return f"<Elevator db={self.db_name!r} {self._pool!r}>"
+
+    def _request(self, cmd: str, args: Sequence, uid: Optional[str], timeout: Optional[float],
+                 compression: Optional[bool], idempotent: bool = True,
+                 is_write: bool = False) -> protocol.Reply:
+        _check_timeout(timeout)
+        if compression is None:
+            compression = self.compression
+        elif compression:
+            _check_bool("compression", compression)
+            self._require_lz4()
+        return self._pool.request(cmd, args, uid,
+                                  timeout=self.timeout if timeout is None else timeout,
+                                  compression=compression, idempotent=idempotent,
+                                  is_write=is_write)
+
+    def _raise(self, reply: protocol.Reply, cmd: str, db: Optional[str]) -> None:
+        raise errors.error_from_reply(reply.err_code, reply.err_msg, command=cmd, db=db,
+                                      endpoint=self._pool.endpoint)
+
+    def _call(self, cmd: str, args: Sequence, *, timeout: Optional[float] = None,
+              compression: Optional[bool] = None, is_write: bool = False) -> protocol.Reply:
+        """A data command on the bound database; refreshes a uid the server forgot."""
+        name, uid = self._binding
+        reply = self._request(cmd, args, uid, timeout, compression, is_write=is_write)
+        if reply.status == Status.FAILURE and reply.err_code == ErrorCode.RUNTIME \
+                and "exist" in (reply.err_msg or ""):
+            # The database was dropped and created again: its uid changed.
+            uid = self._resolve_uid(name, timeout, refresh=True, stale=uid)
+            reply = self._request(cmd, args, uid, timeout, compression, is_write=is_write)
+        if reply.status == Status.FAILURE:
+            self._raise(reply, cmd, name)
+        return reply
+
+    def _admin(self, cmd: str, args: Sequence, *, timeout: Optional[float],
+               bound: bool = True, idempotent: bool = True) -> Any:
+        """A management command; returns its datas."""
+        name, uid = self._binding
+        reply = self._request(cmd, args, uid if bound else None, timeout, False,
+                              idempotent=idempotent)
+        if reply.status == Status.FAILURE:
+            self._raise(reply, cmd, name if bound else None)
+        return reply.datas
+
+    def _resolve_uid(self, name: str, timeout: Optional[float], *, refresh: bool,
+                     stale: Optional[str] = None) -> str:
+        uids = self._pool.uids
+        with self._uid_lock:
+            uid = uids.get(name)
+            if uid is None or (refresh and uid == stale):
+                datas = self._admin(protocol.DBCONNECT, [name], timeout=timeout, bound=False)
+                uid = self._text(datas[0])
+                uids[name] = uid
+        if self._binding[0] == name:
+            self._binding = (name, uid)
+        return uid
+
+    @staticmethod
+    def _text(value: Any) -> str:
+        return value.decode("utf-8") if isinstance(value, bytes) else value
+
+    def _out(self, value: Any) -> Any:
+        """A key or value for the user: bytes, or str with decode_responses."""
+        if self.decode_responses and isinstance(value, bytes):
+            return value.decode("utf-8")
+        return value
+
+    def _out_items(self, items: List, include_key: bool, include_value: bool) -> List:
+        if not self.decode_responses:
+            return items
+        if include_key and include_value:
+            return [[k.decode("utf-8"), v.decode("utf-8")] for k, v in items]
+        return [x.decode("utf-8") for x in items]
+
+    # --------------------------------------------------------- database store
+
+    def connect(self, db_name: str, *, timeout: Optional[float] = None) -> None:
+        """Bind this client to ``db_name``. Raises DatabaseError when it does not exist;
+        the client then stays bound where it was."""
+        name = _check_db_name(db_name)
+        _check_timeout(timeout)
+        uid = self._resolve_uid(name, timeout, refresh=True, stale=self._pool.uids.get(name))
+        self._binding = (name, uid)
+
+    def listdb(self, *, timeout: Optional[float] = None) -> List[str]:
+        """The names of the server's databases (always including ``"default"``)."""
+        return [self._text(n) for n in self._admin(protocol.DBLIST, [], timeout=timeout) or []]
+
+    def createdb(self, db_name: str, options: Optional[Dict[str, Any]] = None, *,
+                 timeout: Optional[float] = None) -> None:
+        """Create a database. ``options`` are LevelDB's (``create_if_missing``,
+        ``bloom_filter_bits``, ``lru_cache_size``, ``write_buffer_size``, ``block_size``,
+        ``max_open_files``, ``paranoid_checks``...). A name that is an absolute path
+        registers a LevelDB directory there, if the server's operator allowed that root.
+
+        Raises DatabaseError if it exists (or the path is refused). Not retried after an
+        ambiguous failure (the error then says the outcome is unknown: see listdb()).
+        """
+        name = _check_db_name(db_name)
+        if options is None:
+            options = {}
+        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+            raise TypeError("options must be a dict with str keys (LevelDB's option names)")
+        self._ambiguous(protocol.DBCREATE, [name, options], timeout)
+
+    def dropdb(self, db_name: str, *, timeout: Optional[float] = None) -> None:
+        """Drop a database and delete its files. Raises DatabaseError if it does not exist."""
+        name = _check_db_name(db_name)
+        self._ambiguous(protocol.DBDROP, [name], timeout)
+        self._pool.uids.pop(name, None)
+
+    def _ambiguous(self, cmd: str, args: List, timeout: Optional[float]) -> None:
+        try:
+            self._admin(cmd, args, timeout=timeout, idempotent=False)
+        except errors.TransportError as exc:
+            if exc.request_sent:
+                raise type(exc)(f"{exc}; the outcome of {cmd} {args[0]!r} is unknown "
+                                "(check listdb())") from exc
+            raise
+
+    def repairdb(self, *, timeout: Optional[float] = None) -> None:
+        """Run LevelDB's repair on the bound database."""
+        self._admin(protocol.DBREPAIR, [], timeout=timeout)
+
+    def mount(self, db_name: Optional[str] = None, *, timeout: Optional[float] = None) -> None:
+        """Open a database on the server (the bound one by default)."""
+        name = self.db_name if db_name is None else _check_db_name(db_name)
+        self._admin(protocol.DBMOUNT, [name], timeout=timeout, bound=False)
+
+    def unmount(self, db_name: Optional[str] = None, *, timeout: Optional[float] = None) -> None:
+        """Close a database on the server, releasing LevelDB's files and cache; it is
+        mounted again by the next request that uses it."""
+        name = self.db_name if db_name is None else _check_db_name(db_name)
+        self._admin(protocol.DBUMOUNT, [name], timeout=timeout, bound=False)
+
+    # -------------------------------------------------------------------- data
+
+    def Ping(self, *, timeout: Optional[float] = None) -> bool:
+        """True when the server answers PING."""
+        datas = self._admin(protocol.PING, [], timeout=timeout, bound=False)
+        return bool(datas) and datas[0] == b"PONG"
+
+    def Get(self, key: Key, *, timeout: Optional[float] = None,
+            compression: Optional[bool] = None) -> Any:
+        """The value of ``key`` (bytes, or str with decode_responses).
+
+        Raises ElevatorKeyError (a ``KeyError``) when the key does not exist.
+        """
+        reply = self._call(protocol.GET, [to_bytes(key)], timeout=timeout, compression=compression)
+        return self._out(reply.datas[0])
+
+    def MGet(self, keys: Sequence[Key], fill_cache: bool = False, *,
+             timeout: Optional[float] = None, compression: Optional[bool] = None) -> List[Any]:
+        """The values of ``keys`` (a list or tuple), in order, ``None`` for each missing key.
+
+        ``fill_cache``: let the reads fill LevelDB's block cache (True for small,
+        repeated random reads; keep False for bulk reads).
+        """
+        if not isinstance(keys, (list, tuple)):
+            raise TypeError(f"keys must be a list or tuple, not {type(keys).__name__}")
+        _check_bool("fill_cache", fill_cache)
+        bkeys = [to_bytes(k) for k in keys]
+        if not bkeys:
+            return []
+        reply = self._call(protocol.MGET, [bkeys, fill_cache], timeout=timeout,
+                           compression=compression)
+        values = reply.datas
+        if self.decode_responses:
+            return [None if v is None else v.decode("utf-8") for v in values]
+        return values
+
+    def Put(self, key: Key, value: Value, *, timeout: Optional[float] = None) -> None:
+        """Store ``value`` under ``key``. Acknowledged once LevelDB accepted it."""
+        self._call(protocol.PUT, [to_bytes(key), to_bytes(value, "value")], timeout=timeout,
+                   is_write=True)
+
+    def Delete(self, key: Key, *, timeout: Optional[float] = None) -> None:
+        """Delete ``key`` (no error when it does not exist)."""
+        self._call(protocol.DELETE, [to_bytes(key)], timeout=timeout, is_write=True)
+
+    def Exists(self, key: Key, *, timeout: Optional[float] = None) -> bool:
+        """Whether ``key`` exists."""
+        datas = self._call(protocol.EXISTS, [to_bytes(key)], timeout=timeout).datas
+        # The original server answers [true] or a bare false; this project's [false].
+        return bool(datas) and bool(datas[0])
+
+    def Range(self, start: Optional[Key] = None, limit: Union[Key, int, None] = None, *,
+              include_key: bool = True, include_value: bool = True,
+              prefix: Optional[Key] = None, timeout: Optional[float] = None,
+              compression: Optional[bool] = None) -> List[Any]:
+        """The items from ``start`` on, as a list of ``[key, value]`` (or bare keys or
+        values when one of ``include_key``/``include_value`` is False).
+
+        ``limit``: a str/bytes is an inclusive stop key; an int is a count (as
+        :meth:`Slice`); None is the end of the database. ``prefix`` keeps only keys that
+        start with it. ``start`` None is the beginning of the database.
+        """
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            if prefix is not None:
+                raise ValueError("prefix cannot be combined with an int limit (use RangeIter)")
+            return self.Slice(start, limit, include_key=include_key, include_value=include_value,
+                              timeout=timeout, compression=compression)
+        _check_flags(include_key, include_value)
+        args = [_key_or_none(start, "start"), _key_or_none(limit, "limit (a stop key or a count)"),
+                include_key, include_value, _key_or_none(prefix, "prefix")]
+        items = self._call(protocol.RANGE, args, timeout=timeout, compression=compression).datas
+        return self._out_items(items or [], include_key, include_value)
+
+    def Slice(self, key_from: Optional[Key], count: int, *, include_key: bool = True,
+              include_value: bool = True, timeout: Optional[float] = None,
+              compression: Optional[bool] = None) -> List[Any]:
+        """The first ``count`` items from ``key_from`` (inclusive), same shapes as Range."""
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"count must be an int, not {type(count).__name__}")
+        if count < 0:
+            raise ValueError(f"count must be >= 0, not {count}")
+        _check_flags(include_key, include_value)
+        if count == 0:
+            return []
+        args = [_key_or_none(key_from, "key_from"), count, include_key, include_value]
+        items = self._call(protocol.SLICE, args, timeout=timeout, compression=compression).datas
+        return self._out_items(items or [], include_key, include_value)
+
+    def RangeIter(self, key_from: Optional[Key] = None, key_to: Optional[Key] = None, *,
+                  include_key: bool = True, include_value: bool = True,
+                  prefix: Optional[Key] = None, page_size: int = RANGE_ITER_PAGE,
+                  timeout: Optional[float] = None) -> Iterator[Any]:
+        """Lazily iterate from ``key_from`` to ``key_to`` (both inclusive; None = open).
+
+        Fetches ``page_size`` items at a time, so memory stays bounded however large
+        the range. Each item is ``[key, value]`` (or the bare key or value). ``timeout``
+        applies to each page.
+        """
+        _check_flags(include_key, include_value)
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be an int >= 1, not {page_size!r}")
+        _check_timeout(timeout)
+        start = _key_or_none(key_from, "key_from")
+        stop = _key_or_none(key_to, "key_to")
+        pfx = _key_or_none(prefix, "prefix")
+        if pfx is not None and (start is None or start < pfx):
+            start = pfx
+        return self._range_pages(start, stop, pfx, include_key, include_value, page_size, timeout)
+
+    def _range_pages(self, start: Optional[bytes], stop: Optional[bytes], prefix: Optional[bytes],
+                     include_key: bool, include_value: bool, page_size: int,
+                     timeout: Optional[float]) -> Iterator[Any]:
+        while True:
+            page = self._call(protocol.SLICE, [start, page_size, True, include_value],
+                              timeout=timeout).datas or []
+            if not page:
+                return
+            keys = [p[0] for p in page] if include_value else page
+            last = keys[-1]
+            cut = len(page)
+            if (stop is not None and last > stop) or (prefix is not None
+                                                     and not last.startswith(prefix)):
+                cut = next(i for i, k in enumerate(keys)
+                           if (stop is not None and k > stop)
+                           or (prefix is not None and not k.startswith(prefix)))
+            if include_key and include_value:
+                out = page[:cut] if cut < len(page) else page
+            elif include_key:
+                out = keys[:cut]
+            else:
+                out = [p[1] for p in page[:cut]]
+            yield from self._out_items(out, include_key, include_value)
+            if cut < len(page) or len(page) < page_size:
+                return
+            start = _after(last)
+
+    # ------------------------------------------------------------------ batches
+
+    def WriteBatch(self) -> "WriteBatch":
+        """A :class:`WriteBatch` on this client's server, database and settings."""
+        from .batch import WriteBatch
+        return WriteBatch(elevator=self)
+
+    def _write_batch(self, ops: List, timeout: Optional[float]) -> None:
+        self._call(protocol.BATCH, [ops], timeout=timeout, is_write=True)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Release the sockets (closes the pool if this client owns it)."""
+        if self._owns_pool:
+            self._pool.close()
+
+    def __enter__(self) -> "Elevator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
