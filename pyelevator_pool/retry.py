@@ -53,8 +53,10 @@ class RetryPolicy:
     def __init__(self, *, stop: Any = None, wait: Any = None, retry_writes: bool = True,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.stop = tenacity.stop_never if stop is None else stop
-        self.wait = (tenacity.wait_exponential_jitter(initial=0.01, max=0.5, jitter=0.05)
-                     if wait is None else wait)
+        # wait_exponential + wait_random is wait_exponential_jitter(initial=0.01, ...),
+        # spelled so that it means the same on every tenacity >= 8.2.
+        self.wait = (tenacity.wait_exponential(multiplier=0.01, max=0.5)
+                     + tenacity.wait_random(0, 0.05) if wait is None else wait)
         for name, strategy in (("stop", self.stop), ("wait", self.wait)):
             if not callable(strategy):
                 raise TypeError(f"RetryPolicy {name} must be a tenacity strategy object, "
