@@ -157,6 +157,10 @@ class Connection:
         start = time.monotonic()
         deadline = start + timeout
         try:
+            if self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
+                # A disconnect from before this request (the socket has reconnected
+                # since, or send would block) says nothing about it: forget it.
+                self._drain_monitor()
             try:
                 sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
