@@ -220,12 +220,13 @@ def test_writebatch_write_empties_batch_on_success(db):
 
 def test_writebatch_keeps_ops_after_failure_and_can_be_rewritten(db):
     batch = db.WriteBatch()
-    batch.Put("kept", "v")
+    for i in range(100_000):  # far more than the server can apply within the timeout
+        batch.Put(f"kept{i}", "v")
     with pytest.raises(ElevatorTimeout):
-        batch.Write(timeout=1e-6)
-    assert len(batch) == 1
+        batch.Write(timeout=0.001)
+    assert len(batch) == 100_000
     batch.Write()
-    assert db.Get("kept") == b"v"
+    assert db.MGet(["kept0", "kept99999"]) == [b"v", b"v"]
     assert len(batch) == 0
 
 
