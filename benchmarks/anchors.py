@@ -1,0 +1,263 @@
+"""The anchors the suite measures beside ``pyelevator_pool``, in the same run on the same data.
+
+* :class:`EchoServer` — a raw ZeroMQ ROUTER in another process that sends every
+  request straight back: the network floor of one Get (no msgpack, no LevelDB).
+* :class:`RedisServer` — a real ``redis-server`` on a free loopback port in a
+  temporary directory, no persistence (what a user would pick instead).
+* :class:`LegacyClient` — the original py-elevator design rebuilt here in a few
+  lines (our own code): ONE DEALER socket shared by all threads behind a lock, one
+  request in flight, no request ids, no pool.
+
+Every receive is bounded by a timeout; every process started here is stopped by
+the object that started it.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Any, List, Optional, Sequence
+
+import msgpack
+import zmq
+
+from pyelevator_pool import protocol
+
+__all__ = ["EchoServer", "RedisServer", "LegacyClient", "free_port"]
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ raw echo
+
+def _echo_main(conn: Any) -> None:  # pragma: no cover - runs in the child process
+    """The echo loop: ROUTER in, the same frames out, until the pipe says stop."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    conn.send(port)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    try:
+        while not conn.poll():
+            if poller.poll(100):
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    sock.send_multipart(frames, copy=False)
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+class EchoServer:
+    """A ZeroMQ ROUTER echo in a child process (``multiprocessing``, spawn)."""
+
+    def __init__(self, start_timeout: float = 20.0) -> None:
+        self.start_timeout = start_timeout
+        self.endpoint: Optional[str] = None
+        self._proc: Optional[multiprocessing.process.BaseProcess] = None
+        self._pipe: Any = None
+
+    def start(self) -> "EchoServer":
+        mp = multiprocessing.get_context("spawn")
+        parent, child = mp.Pipe()
+        self._proc = mp.Process(target=_echo_main, args=(child,), daemon=True,
+                                name="zmq-echo")
+        self._proc.start()
+        self._pipe = parent
+        if not parent.poll(self.start_timeout):
+            self.stop()
+            raise RuntimeError(f"the ZeroMQ echo process did not start in {self.start_timeout}s")
+        self.endpoint = f"tcp://127.0.0.1:{parent.recv()}"
+        return self
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._pipe.send("stop")
+        except (OSError, ValueError):
+            pass
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        self._pipe.close()
+        self._proc = None
+
+    def __enter__(self) -> "EchoServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class EchoClient:
+    """One DEALER socket to an :class:`EchoServer`: send a frame, await it back."""
+
+    def __init__(self, endpoint: str, context: zmq.Context, timeout: float = 10.0) -> None:
+        self.sock = context.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(endpoint)
+        self.timeout_ms = int(timeout * 1000)
+
+    def roundtrip(self, frame: bytes) -> bytes:
+        sock = self.sock
+        sock.send(frame)
+        if not sock.poll(self.timeout_ms):
+            raise TimeoutError("no echo within the timeout")
+        return sock.recv()
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+# --------------------------------------------------------------------- redis
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, in a temporary directory,
+    without persistence. :meth:`available` tells whether one is installed."""
+
+    def __init__(self, executable: Optional[str] = None, start_timeout: float = 20.0) -> None:
+        self.executable = executable or shutil.which("redis-server")
+        self.start_timeout = start_timeout
+        self.port: Optional[int] = None
+        self._proc: Optional[subprocess.Popen] = None
+        self._tmp: Optional[tempfile.TemporaryDirectory] = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("redis-server") is not None
+
+    def start(self) -> "RedisServer":
+        if not self.executable:
+            raise RuntimeError("redis-server is not installed (not on PATH)")
+        import redis  # the 'bench' extra
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench-redis-")
+        last_error: Optional[BaseException] = None
+        for _attempt in range(3):  # a free port can be taken between the probe and the bind
+            self.port = free_port()
+            self._proc = subprocess.Popen(
+                [self.executable, "--port", str(self.port), "--save", "", "--appendonly", "no",
+                 "--bind", "127.0.0.1", "--dir", self._tmp.name],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            deadline = time.monotonic() + self.start_timeout
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                try:
+                    client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
+                                         socket_connect_timeout=1)
+                    try:
+                        if client.ping():
+                            return self
+                    finally:
+                        client.close()
+                except redis.exceptions.ConnectionError as exc:
+                    last_error = exc
+                    time.sleep(0.02)
+            self._kill()
+        self.stop()
+        raise RuntimeError(f"redis-server did not start: {last_error}")
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+        self._proc = None
+
+    def stop(self) -> None:
+        self._kill()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# ------------------------------------------------------ the original design
+
+class LegacyClient:
+    """The original py-elevator design: one DEALER socket for every thread, a lock
+    around each request, one request in flight, no ids, no GC care, no pool.
+
+    Only what the suite measures: get, mget, range, slice, range_iter, batch.
+    Raises TimeoutError when no reply comes within ``timeout`` (and replaces the
+    socket, as the original had to).
+    """
+
+    def __init__(self, endpoint: str, db_name: str, *, timeout: float = 10.0,
+                 context: Optional[zmq.Context] = None) -> None:
+        self.endpoint = endpoint
+        self.timeout_ms = int(timeout * 1000)
+        self._ctx = context or zmq.Context.instance()
+        self._lock = threading.Lock()
+        self._sock = self._connect()
+        self.uid = self._send("DBCONNECT", [db_name], None)[0]
+        if isinstance(self.uid, bytes):
+            self.uid = self.uid.decode()
+
+    def _connect(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(self.endpoint)
+        return sock
+
+    def _send(self, cmd: str, args: Sequence, uid: Optional[str]) -> Any:
+        frame = msgpack.packb({"meta": {}, "uid": uid, "cmd": cmd, "args": args},
+                              use_bin_type=True)
+        with self._lock:
+            self._sock.send(frame)
+            if not self._sock.poll(self.timeout_ms):
+                self._sock.close(0)
+                self._sock = self._connect()
+                raise TimeoutError(f"{cmd}: no reply within {self.timeout_ms} ms")
+            header, content = self._sock.recv_multipart()
+        head = msgpack.unpackb(header, raw=False)
+        if head["status"] == protocol.Status.FAILURE:
+            raise RuntimeError(f"{cmd}: {head['err_msg']}")
+        return msgpack.unpackb(content, raw=True)[b"datas"]
+
+    def get(self, key: bytes) -> bytes:
+        return self._send("GET", [key], self.uid)[0]
+
+    def mget(self, keys: List[bytes]) -> List[Optional[bytes]]:
+        return self._send("MGET", [keys], self.uid)
+
+    def range(self, start: Optional[bytes] = None, stop: Optional[bytes] = None) -> list:
+        return self._send("RANGE", [start, stop, True, True, None], self.uid)
+
+    def slice(self, start: Optional[bytes], count: int) -> list:
+        return self._send("SLICE", [start, count, True, True], self.uid)
+
+    def range_iter(self, start: Optional[bytes] = None, stop: Optional[bytes] = None) -> Any:
+        # The original fetched the whole range in one request and iterated over it.
+        return iter(self.range(start, stop))
+
+    def batch(self, pairs: Sequence[Sequence[bytes]]) -> None:
+        self._send("BATCH", [[[protocol.BATCH_PUT, k, v] for k, v in pairs]], self.uid)
+
+    def close(self) -> None:
+        with self._lock:
+            self._sock.close(0)
+

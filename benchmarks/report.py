@@ -1,0 +1,264 @@
+"""Targets, the printed table, ``results.json`` and ``results.png``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+from .suite import IMPLEMENTATIONS, Record
+
+__all__ = ["Target", "TARGETS", "evaluate_targets", "format_table", "write_json", "write_png",
+           "format_rst"]
+
+
+@dataclass
+class Target:
+    """A goal: ``name``, how it is measured (``kind``) and its limit."""
+
+    name: str
+    kind: str        # "ratio": pyelevator's ratio to plyvel <= limit
+                     # "vs-echo": Get median <= limit x the zmq echo median
+                     # "vs-redis": items/s >= limit x redis's items/s
+                     # "absolute": median seconds <= limit
+    workload: str
+    limit: float
+    text: str
+
+
+TARGETS: List[Target] = [
+    Target("WriteBatch", "ratio", "WriteBatch", 1.4, "<= 1.4 x plyvel"),
+    Target("MGet", "ratio", "MGet", 1.15, "<= 1.15 x plyvel"),
+    Target("Range", "ratio", "Range", 1.6, "<= 1.6 x plyvel"),
+    Target("Slice", "ratio", "Slice", 1.6, "<= 1.6 x plyvel"),
+    Target("single Get", "vs-echo", "Get", 1.10, "<= 1.10 x raw ZeroMQ echo"),
+    Target("16-thread Gets", "vs-redis", "Get x16 threads", 4.0, ">= 4 x redis-py pool"),
+    Target("checkout+checkin", "absolute", "checkout+checkin", 2e-6, "<= 2 us"),
+    Target("checkout+checkin x8", "absolute", "checkout+checkin x8 threads", 2e-6,
+           "<= 2 us (8 threads)"),
+]
+
+
+def _find(records: Sequence[Record], workload: str, impl: str) -> Optional[Record]:
+    for r in records:
+        if r.workload == workload and r.implementation == impl:
+            return r
+    return None
+
+
+def evaluate_targets(records: Sequence[Record]) -> List[Dict[str, Any]]:
+    """One dict per target: ``measured`` (a ratio, or seconds for absolute ones),
+    ``display``, ``met`` (True/False, None when it could not be measured), ``why``."""
+    out = []
+    for t in TARGETS:
+        ours = _find(records, t.workload, "pyelevator")
+        measured: Optional[float] = None
+        met: Optional[bool] = None
+        display = "n/a"
+        why = ""
+        if ours is None:
+            why = "not measured in this run"
+        elif t.kind == "ratio":
+            measured = ours.ratio
+            if measured is not None:
+                met = measured <= t.limit
+                display = f"{measured:.2f} x plyvel"
+        elif t.kind == "vs-echo":
+            echo = _find(records, t.workload, "zmq-echo")
+            if echo is not None:
+                measured = ours.median_s / echo.median_s
+                met = measured <= t.limit
+                display = f"{measured:.2f} x echo ({ours.median_s * 1e6:.1f} vs " \
+                          f"{echo.median_s * 1e6:.1f} us)"
+        elif t.kind == "vs-redis":
+            rds = _find(records, t.workload, "redis")
+            if rds is None:
+                why = "redis anchor not measured"
+            else:
+                measured = ours.items_per_s / rds.items_per_s
+                met = measured >= t.limit
+                display = f"{measured:.2f} x redis ({ours.items_per_s:,.0f} vs " \
+                          f"{rds.items_per_s:,.0f} Gets/s)"
+        elif t.kind == "absolute":
+            measured = ours.median_s
+            met = measured <= t.limit
+            display = f"{measured * 1e6:.2f} us"
+        out.append({"target": t.name, "workload": t.workload, "goal": t.text, "limit": t.limit,
+                    "kind": t.kind, "measured": measured, "display": display, "met": met,
+                    "why": why})
+    return out
+
+
+def _fmt_time(s: float) -> str:
+    if s != s:
+        return "-"
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def _fmt_rate(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M/s"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f} k/s"
+    return f"{x:.0f} /s"
+
+
+def table_rows(records: Sequence[Record]) -> List[List[str]]:
+    rows = []
+    for r in records:
+        extra = f"p99 {_fmt_time(r.p99_s)}" if r.p99_s is not None else ""
+        rows.append([r.workload, r.implementation, _fmt_time(r.median_s), _fmt_time(r.min_s),
+                     _fmt_time(r.max_s), _fmt_rate(r.items_per_s),
+                     "-" if r.ratio is None else f"{r.ratio:.2f}", extra])
+    return rows
+
+
+def _grid(header: List[str], rows: List[List[str]], group: bool = True) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    prev = None
+    for row in rows:
+        if group and prev is not None and row[0] != prev:
+            out.append("")
+        prev = row[0]
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(out)
+
+
+RESULT_HEADER = ["workload", "implementation", "median", "min", "max", "items/s",
+                 "x plyvel", "latency"]
+TARGET_HEADER = ["target", "goal", "measured", "result"]
+
+
+def _verdict(t: Dict[str, Any]) -> str:
+    return {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+
+
+def format_table(result: Dict[str, Any], targets: List[Dict[str, Any]]) -> str:
+    """The results table, the implementations' labels and the targets, as plain text."""
+    records = result["records"]
+    used = []
+    for r in records:
+        if r.implementation not in used:
+            used.append(r.implementation)
+    legend = "\n".join(f"  {name:<11} {IMPLEMENTATIONS[name].label}" for name in used)
+    notes = "".join(f"\nnote: {n}" for n in result.get("notes", []))
+    trows = [[t["target"], t["goal"], t["display"], _verdict(t)] for t in targets]
+    meta = result["meta"]
+    return (f"{meta['date']} | {meta['machine']} | Python {meta['python']}\n"
+            f"{meta['server']}\n\n"
+            + _grid(RESULT_HEADER, table_rows(records))
+            + "\n\nimplementations:\n" + legend
+            + "\n(x plyvel: time per item / in-process plyvel's, same run; lower is better)"
+            + notes + "\n\ntargets:\n" + _grid(TARGET_HEADER, trows, group=False))
+
+
+def _rst_table(header: List[str], rows: List[List[str]]) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    sep = "  ".join("=" * w for w in widths)
+    lines = [sep, "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), sep]
+    for row in rows:
+        lines.append("  ".join((c or "..").ljust(w) for c, w in zip(row, widths)).rstrip())
+    lines.append(sep)
+    return "\n".join(lines)
+
+
+def format_rst(result: Dict[str, Any], targets: List[Dict[str, Any]]) -> str:
+    """The results and targets as reStructuredText simple tables (for the README)."""
+    meta = result["meta"]
+    rows = table_rows(result["records"])
+    # Blank "latency" cells would end an RST simple table's row: '..' is an empty comment.
+    return (f"Full run of {meta['date']} on {meta['machine']}, Python {meta['python']}.\n\n"
+            + _rst_table(RESULT_HEADER, rows) + "\n\n"
+            + _rst_table(TARGET_HEADER, [[t["target"], t["goal"], t["display"], _verdict(t)]
+                                         for t in targets]) + "\n")
+
+
+def write_json(path: str, result: Dict[str, Any], targets: List[Dict[str, Any]]) -> None:
+    data = {"meta": result["meta"], "notes": result.get("notes", []),
+            "records": [r.as_dict() for r in result["records"]], "targets": targets}
+
+    def clean(x: Any) -> Any:  # JSON has no NaN/inf
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(clean(data), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+_COLORS = {"plyvel": "#4c72b0", "pyelevator": "#dd8452", "original": "#8c8c8c",
+           "redis": "#c44e52", "zmq-echo": "#55a868"}
+
+
+def write_png(path: str, result: Dict[str, Any]) -> None:
+    """Left: ratio to plyvel per workload (log scale). Right: Gets/s against threads."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records: List[Record] = result["records"]
+    bar_workloads = []
+    for r in records:
+        if r.ratio is not None and r.threads in (None, 1) and "threads" not in r.workload \
+                and r.workload not in bar_workloads:
+            bar_workloads.append(r.workload)
+    impls = [i for i in ("pyelevator", "original", "redis", "zmq-echo")
+             if any(r.implementation == i and r.ratio is not None for r in records)]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    width = 0.8 / max(1, len(impls))
+    for j, impl in enumerate(impls):
+        xs, ys = [], []
+        for i, w in enumerate(bar_workloads):
+            rec = next((r for r in records if r.workload == w and r.implementation == impl), None)
+            if rec is not None and rec.ratio:
+                xs.append(i + (j - (len(impls) - 1) / 2) * width)
+                ys.append(rec.ratio)
+        ax1.bar(xs, ys, width, label=IMPLEMENTATIONS[impl].label, color=_COLORS.get(impl))
+    ax1.axhline(1.0, color=_COLORS["plyvel"], linewidth=1, linestyle="--",
+                label=IMPLEMENTATIONS["plyvel"].label)
+    ax1.set_yscale("log")
+    ax1.set_xticks(range(len(bar_workloads)))
+    ax1.set_xticklabels(bar_workloads)
+    ax1.set_ylabel("time per item / in-process plyvel (log; lower is better)")
+    ax1.set_title("Ratio to in-process plyvel")
+    ax1.legend(fontsize=7, loc="upper left")
+    ax1.grid(axis="y", which="both", alpha=0.3)
+
+    for impl in ("plyvel", "pyelevator", "original", "redis"):
+        pts = sorted((r.threads, r.items_per_s) for r in records
+                     if r.implementation == impl and r.threads and "threads" in r.workload
+                     and r.workload.startswith("Get"))
+        if pts:
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                     label=IMPLEMENTATIONS[impl].label, color=_COLORS.get(impl))
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("threads sharing one client")
+    ax2.set_ylabel("random Gets per second (log)")
+    ax2.set_title("Thread scaling")
+    ax2.legend(fontsize=7)
+    ax2.grid(which="both", alpha=0.3)
+    meta = result["meta"]
+    fig.suptitle(f"pyelevator_pool benchmarks, {meta['date'][:10]}: {meta['machine']}",
+                 fontsize=9)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
