@@ -50,7 +50,7 @@ class Bare:
         self.sock.send(protocol.encode_request(cmd, args, uid))
         if not self.sock.poll(int(timeout * 1000)):
             raise TimeoutError(f"{cmd}: no reply in {timeout}s")
-        frames = self.sock.recv_multipart(copy=True)
+        frames = self.sock.recv_multipart(copy=False)  # msgpack reads the zmq frames in place
         enabled = gc.isenabled()
         gc.disable()
         try:

@@ -86,6 +86,18 @@ def test_fuzzed_batches_are_answered_and_all_or_nothing(client, uid, ops):
     client.call("DELETE", [b"fuzz:marker"], uid)
 
 
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(containers=st.lists(st.sampled_from([b"\x91", b"\x81\xa1k", b"\x81\x91"]),
+                           min_size=1, max_size=50),
+       repeat=st.integers(1, 5000), leaf=st.sampled_from([b"\xc0", b"\x01", b"", b"\xc1"]))
+def test_deeply_nested_frames_are_answered(client, containers, repeat, leaf):
+    nesting = b"".join(containers) * repeat
+    for frame in (b"\x82\xa3cmd\xa4PING\xa4args" + nesting + leaf, nesting + leaf):
+        answered(client, frame)
+    assert client.call("PING").datas == [b"PONG"]
+
+
 @pytest.mark.parametrize("depth", [100, 1000, 10000, 100000])
 def test_deeply_nested_request_is_answered(client, depth):
     frame = b"\x81\xa4args" + b"\x91" * depth + b"\xc0"
