@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from pyelevator_pool import Elevator
 from pyelevator_pool.bulk import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, load
@@ -237,16 +237,28 @@ def main(argv: Optional[List[str]] = None) -> int:
             _sweep(pairs, args.repeat, server, args.sweep_batch_sizes, args.sweep_workers)
             return 0
         results: Dict[str, Optional[float]] = {}
-        results["plyvel"] = plv = bench_plyvel(pairs, args.batch_size, args.repeat)
-        run = bench_elevator(pairs, args.batch_size, args.workers, args.repeat, server)
-        results["elevator"] = run.rate
-        retries = run.retries
+        # Alternated, one run each per round, so that a slow spell of a shared machine
+        # weighs on both sides of a round's ratio.
+        plyvel_rates, runs, ratios = [], [], []
+        for _ in range(args.repeat):
+            plyvel_rates.append(bench_plyvel(pairs, args.batch_size, 1))
+            runs.append(bench_elevator(pairs, args.batch_size, args.workers, 1, server))
+            ratios.append(runs[-1].rate / plyvel_rates[-1])
+        results["plyvel"] = plv = statistics.median(plyvel_rates)
+        results["elevator"] = statistics.median(r.rate for r in runs)
+        retries = sum(r.retries for r in runs)
+        run = ElevatorRun(results["elevator"], retries,  # type: ignore[arg-type]
+                          statistics.median(r.client_us for r in runs),
+                          None if any(r.server_us is None for r in runs)
+                          else statistics.median(r.server_us for r in runs))  # type: ignore
     note = ""
     if args.no_redis:
         results["redis"], note = None, "skipped (--no-redis)"
     else:
         results["redis"], note = bench_redis(pairs, args.batch_size, args.repeat)
-    print(f"batch_size={args.batch_size} workers={args.workers} repeat={args.repeat} (median)")
+    print(f"batch_size={args.batch_size} workers={args.workers} repeat={args.repeat} (medians); "
+          f"elevator/plyvel per round: {', '.join(f'{r:.2f}' for r in ratios)}, "
+          f"median {statistics.median(ratios):.2f}")
     labels: Dict[str, str] = {
         "plyvel": "in-process plyvel write_batch (limit)",
         "elevator": "pyelevator_pool.bulk.load -> elevator-server",

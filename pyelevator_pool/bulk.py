@@ -37,14 +37,20 @@ from .retry import RetryPolicy
 
 __all__ = ["load", "dump", "LoadReport", "BulkLoadError", "DEFAULT_BATCH_SIZE", "DEFAULT_WORKERS"]
 
-#: pairs per BATCH request. Measured with ``python -m benchmarks.bulk_load --sweep`` on
-#: 1,000,000 pairs (16-byte keys, 48-byte values, 2-core machine, client and server on
-#: it): 2,000-5,000 pairs were fastest; 500 pays a round trip per ~35 kB and 20,000 makes
-#: each request a 1.4 MB frame that the server decodes in one go while the client
-#: waits. 2,000 keeps a batch about 140 kB, a small retry unit and bounded memory.
+#: pairs per BATCH request. Measured with ``python -m benchmarks.bulk_load --sweep
+#: --pairs 500000 --repeat 3`` (16-byte keys, 48-byte random values, client and server
+#: on one 2-core machine shared with other work): CPU per pair, which is steady on a
+#: busy machine, falls from 0.35 (client) + 1.17 us (server) at 500 pairs to 0.20-0.29
+#: + 0.96-1.02 us at 2,000 and stays flat beyond (0.27 + 0.93 us at 10,000); wall
+#: rates at 1,000-5,000 were 0.74-0.87 of in-process plyvel, within the run-to-run
+#: noise of each other, and 10,000 was no faster (0.70-0.78). 2,000 is the smallest
+#: size on the flat part: a batch of about 140 kB, a small unit to retry and to hold
+#: in memory (at most 2 * workers + 1 batches).
 DEFAULT_BATCH_SIZE = 2_000
-#: worker threads, i.e. batches in flight: 2 keeps one batch being written by the
-#: server while the next is encoded and sent; more only adds contention on 2 cores.
+#: worker threads, i.e. batches in flight. Two keep the server busy with the next
+#: batch while a reply travels back: at 500 and 1,000 pairs a batch (where the round
+#: trip weighs most) 2 workers reached 0.94 and 0.85 of plyvel against 0.58 and 0.74
+#: for 1; 3 or 4 workers were no faster on 2 cores and use more sockets and memory.
 DEFAULT_WORKERS = 2
 
 Pair = Tuple[Key, Any]

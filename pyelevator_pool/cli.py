@@ -353,10 +353,9 @@ def cmd_load(args: argparse.Namespace) -> int:
         print(f"{PROG}: skipped {exc}", file=sys.stderr)
 
     bar = _progress_bar(None, "load")
-    progress = None
+    progress: Optional[Callable[[int], None]] = None
     if bar is not None:
-        def progress(n: int) -> None:
-            bar.update(n - bar.n)
+        progress = lambda n: bar.update(n - bar.n)  # noqa: E731 - called from worker threads
     try:
         with _client(args) as e:
             pairs = read_pairs(stream, fmt, source, skip_bad if args.skip_bad else None)
