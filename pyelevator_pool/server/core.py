@@ -155,6 +155,11 @@ class Server:
                  "unmount idle after %ss%s", self.endpoint, self.store.data_dir,
                  len(self.store.list()), self.config.workers, self.config.unmount_after or "never",
                  "; sync writes" if self.config.sync else "")
+        if self.config.transport == "tcp" and self.config.bind not in ("127.0.0.1", "::1",
+                                                                       "localhost"):
+            log.warning("listening beyond loopback on %s: the protocol has no authentication, "
+                        "anyone who reaches this port can read, write and drop databases",
+                        self.endpoint)
         if self.config.ready_file:
             _write_atomically(self.config.ready_file, self.endpoint + "\n")
         return self.endpoint
