@@ -13,10 +13,11 @@ the object that started it.
 """
 from __future__ import annotations
 
-import multiprocessing
 import shutil
+import select
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -39,64 +40,76 @@ def free_port() -> int:
 
 # ------------------------------------------------------------------ raw echo
 
-def _echo_main(conn: Any) -> None:  # pragma: no cover - runs in the child process
-    """The echo loop: ROUTER in, the same frames out, until the pipe says stop."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.linger = 0
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    conn.send(port)
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    try:
-        while not conn.poll():
-            if poller.poll(100):
-                while True:
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    sock.send_multipart(frames, copy=False)
-    finally:
-        sock.close(0)
-        ctx.term()
+#: The echo process: ROUTER in, the same frames out; prints its port, and exits when its
+#: stdin closes (the parent died or called stop()). Run with ``python -c`` so that it
+#: imports nothing of the caller's (no multiprocessing re-import of a __main__ script).
+_ECHO_CODE = r"""
+import sys, zmq
+ctx = zmq.Context()
+sock = ctx.socket(zmq.ROUTER)
+sock.linger = 0
+port = sock.bind_to_random_port("tcp://127.0.0.1")
+sys.stdout.write(f"{port}\n")
+sys.stdout.flush()
+poller = zmq.Poller()
+poller.register(sock, zmq.POLLIN)
+poller.register(sys.stdin.fileno(), zmq.POLLIN)
+running = True
+while running:
+    for what, _ in poller.poll(1000):
+        if what is sock:
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                sock.send_multipart(frames, copy=False)
+        else:
+            running = False  # stdin readable: closed by the parent
+sock.close(0)
+ctx.term()
+"""
 
 
 class EchoServer:
-    """A ZeroMQ ROUTER echo in a child process (``multiprocessing``, spawn)."""
+    """A ZeroMQ ROUTER echo in a child process (``python -c``)."""
 
     def __init__(self, start_timeout: float = 20.0) -> None:
         self.start_timeout = start_timeout
         self.endpoint: Optional[str] = None
-        self._proc: Optional[multiprocessing.process.BaseProcess] = None
-        self._pipe: Any = None
+        self._proc: Optional[subprocess.Popen] = None
 
     def start(self) -> "EchoServer":
-        mp = multiprocessing.get_context("spawn")
-        parent, child = mp.Pipe()
-        self._proc = mp.Process(target=_echo_main, args=(child,), daemon=True,
-                                name="zmq-echo")
-        self._proc.start()
-        self._pipe = parent
-        if not parent.poll(self.start_timeout):
+        self._proc = subprocess.Popen([sys.executable, "-c", _ECHO_CODE], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self._proc.stdout is not None
+        ready = select.select([self._proc.stdout], [], [], self.start_timeout)[0]
+        line = self._proc.stdout.readline().strip() if ready else b""
+        if not line.isdigit():
             self.stop()
-            raise RuntimeError(f"the ZeroMQ echo process did not start in {self.start_timeout}s")
-        self.endpoint = f"tcp://127.0.0.1:{parent.recv()}"
+            raise RuntimeError("the ZeroMQ echo process did not start "
+                               f"(within {self.start_timeout}s)")
+        self.endpoint = f"tcp://127.0.0.1:{int(line)}"
         return self
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc is not None else None
 
     def stop(self) -> None:
         if self._proc is None:
             return
+        proc, self._proc = self._proc, None
         try:
-            self._pipe.send("stop")
-        except (OSError, ValueError):
+            proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
             pass
-        self._proc.join(5)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(5)
-        self._pipe.close()
-        self._proc = None
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()  # type: ignore[union-attr]
 
     def __enter__(self) -> "EchoServer":
         return self.start()
@@ -137,6 +150,10 @@ class RedisServer:
         self.port: Optional[int] = None
         self._proc: Optional[subprocess.Popen] = None
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc is not None else None
 
     @staticmethod
     def available() -> bool:

@@ -112,6 +112,11 @@ def table_rows(records: Sequence[Record]) -> List[List[str]]:
     rows = []
     for r in records:
         extra = f"p99 {_fmt_time(r.p99_s)}" if r.p99_s is not None else ""
+        if r.client_cpu_s is not None:
+            cpu = f"cpu/op {r.client_cpu_s * 1e6:.0f}"
+            if r.server_cpu_s is not None:
+                cpu += f"+{r.server_cpu_s * 1e6:.0f}"
+            extra = f"{extra}, {cpu} us" if extra else cpu + " us"
         rows.append([r.workload, r.implementation, _fmt_time(r.median_s), _fmt_time(r.min_s),
                      _fmt_time(r.max_s), _fmt_rate(r.items_per_s),
                      "-" if r.ratio is None else f"{r.ratio:.2f}", extra])
@@ -156,7 +161,9 @@ def format_table(result: Dict[str, Any], targets: List[Dict[str, Any]]) -> str:
             f"{meta['server']}\n\n"
             + _grid(RESULT_HEADER, table_rows(records))
             + "\n\nimplementations:\n" + legend
-            + "\n(x plyvel: time per item / in-process plyvel's, same run; lower is better)"
+            + "\n(x plyvel: time per item / in-process plyvel's, same run; lower is better."
+            "\n cpu/op C+S: CPU microseconds per operation in this process (all threads) + in"
+            "\n the server process; plyvel's is all in-process)"
             + notes + "\n\ntargets:\n" + _grid(TARGET_HEADER, trows, group=False))
 
 

@@ -17,6 +17,7 @@ run is bounded by time and by count.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import random
@@ -32,6 +33,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 __all__ = ["Options", "Record", "Implementation", "IMPLEMENTATIONS", "run_suite", "make_data"]
 
 BENCH_DB = "benchmarks"
+#: the original design writes to a database of its own: LevelDB's write cost depends on
+#: how much was written before (compactions), so each store gets the same volume.
+ORIGINAL_DB = "benchmarks-original"
 REDIS_INDEX = "bench:index"   # sorted set of every key (score 0): ordered ranges in redis
 PAGE = 10_000                 # RangeIter page size (pyelevator's default, and redis's pages)
 REQUEST_TIMEOUT = 30.0        # seconds, for every request of every client
@@ -110,6 +114,10 @@ class Record:
     ratio: Optional[float] = None
     p99_s: Optional[float] = None
     threads: Optional[int] = None
+    #: CPU seconds per operation used by this process (all its threads, ZeroMQ's I/O
+    #: threads included) and by the server process, where measured: what bounds a rate.
+    client_cpu_s: Optional[float] = None
+    server_cpu_s: Optional[float] = None
     note: str = ""
 
     def as_dict(self) -> Dict[str, Any]:
@@ -142,6 +150,38 @@ def make_data(size: int, seed: int) -> List[Tuple[bytes, bytes]]:
 
 # --------------------------------------------------------------- measuring
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu(pid: Optional[int]) -> Optional[float]:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc), or None."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class _CpuMeter:
+    """CPU used by this process and by a server process between start() and stop()."""
+
+    def __init__(self, server_pid: Optional[int]) -> None:
+        self.server_pid = server_pid
+
+    def start(self) -> None:
+        self._client = time.process_time()
+        self._server = process_cpu(self.server_pid)
+
+    def per_op(self, ops: int) -> Tuple[Optional[float], Optional[float]]:
+        client = (time.process_time() - self._client) / ops if ops else None
+        now = process_cpu(self.server_pid)
+        server = (now - self._server) / ops if ops and now is not None \
+            and self._server is not None else None
+        return client, server
+
 def _timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -155,29 +195,45 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[idx]
 
 
-def bulk_record(workload: str, impl: str, items: int, fn: Callable[[], Any], repeat: int,
-                check: Optional[Callable[[Any], None]] = None, note: str = "") -> Record:
-    """Run ``fn`` ``repeat`` times (plus one untimed warm-up); ``check`` its first result."""
-    result = fn()
-    if check is not None:
-        check(result)
-    del result
-    times = []
+def bulk_records(workload: str, fns: Dict[str, Callable[[], Any]], items: int, repeat: int,
+                 check: Optional[Callable[[Any], None]] = None,
+                 notes: Optional[Dict[str, str]] = None,
+                 on_step: Optional[Callable[[str], None]] = None) -> List[Record]:
+    """Run each of ``fns`` ``repeat`` times (after one untimed warm-up, whose result
+    ``check`` verifies) and keep median, min and max. Interleaved: repetition r
+    of every implementation runs before repetition r+1 of any, so that a burst of load
+    from elsewhere on a shared machine falls on all of them rather than on one."""
+    notes = notes or {}
+    for impl, fn in fns.items():  # warm-up and check, untimed
+        if on_step is not None:
+            on_step(f"{workload} {impl}")
+        result = fn()
+        if check is not None:
+            check(result)
+        del result
+    times: Dict[str, List[float]] = {impl: [] for impl in fns}
     for _ in range(repeat):
-        times.append(_timed(fn))
-    med = statistics.median(times)
-    return Record(workload, impl, IMPLEMENTATIONS[impl].label, items, med, min(times),
-                  max(times), items / med if med > 0 else float("inf"), repeat, note=note)
+        for impl, fn in fns.items():
+            times[impl].append(_timed(fn))
+    out = []
+    for impl, ts in times.items():
+        med = statistics.median(ts)
+        out.append(Record(workload, impl, IMPLEMENTATIONS[impl].label, items, med, min(ts),
+                          max(ts), items / med if med > 0 else float("inf"), repeat,
+                          note=notes.get(impl, "")))
+    return out
 
 
 def latency_record(workload: str, impl: str, op: Callable[[bytes], Any], keys: Sequence[bytes],
-                   samples: int, note: str = "") -> Record:
+                   samples: int, note: str = "", server_pid: Optional[int] = None) -> Record:
     """Time ``samples`` single operations, one by one; median, p99, min, max per operation."""
     for key in keys[:min(200, len(keys))]:  # warm-up: sockets open, caches filled
         op(key)
     lat = []
     perf = time.perf_counter
     n = len(keys)
+    cpu = _CpuMeter(server_pid)
+    cpu.start()
     start = perf()
     for i in range(samples):
         key = keys[i % n]
@@ -185,18 +241,23 @@ def latency_record(workload: str, impl: str, op: Callable[[bytes], Any], keys: S
         op(key)
         lat.append(perf() - t0)
     total = perf() - start
+    client_cpu, server_cpu = cpu.per_op(samples)
     lat.sort()
     return Record(workload, impl, IMPLEMENTATIONS[impl].label, 1, statistics.median(lat), lat[0],
-                  lat[-1], samples / total, samples, p99_s=_percentile(lat, 0.99), note=note)
+                  lat[-1], samples / total, samples, p99_s=_percentile(lat, 0.99),
+                  client_cpu_s=client_cpu, server_cpu_s=server_cpu, note=note)
 
 
 def thread_record(workload: str, impl: str, op: Callable[[bytes], Any], keys: Sequence[bytes],
-                  nthreads: int, seconds: float, seed: int, note: str = "") -> Record:
+                  nthreads: int, seconds: float, seed: int, note: str = "",
+                  server_pid: Optional[int] = None) -> Record:
     """``nthreads`` threads each doing ``op(random key)`` until ``seconds`` pass (or
     THREAD_MAX_OPS each); total operations over the wall time, and per-op latencies."""
     box: Dict[str, float] = {}
+    cpu = _CpuMeter(server_pid)
 
     def go() -> None:  # run by one thread once every worker is warmed up and waiting
+        cpu.start()
         box["start"] = time.perf_counter()
         box["deadline"] = box["start"] + seconds
 
@@ -239,15 +300,16 @@ def thread_record(workload: str, impl: str, op: Callable[[bytes], Any], keys: Se
     for t in threads:
         t.join(seconds + 60)
     elapsed = time.perf_counter() - box.get("start", 0.0)
+    total = sum(len(r) for r in results)
+    client_cpu, server_cpu = cpu.per_op(total) if "start" in box else (None, None)
     if errors:
         raise RuntimeError(f"{workload} on {impl}: a thread failed: {errors[0]!r}") from errors[0]
     if any(t.is_alive() for t in threads):
         raise RuntimeError(f"{workload} on {impl}: threads still running after the deadline")
     lat = sorted(x for r in results for x in r)
-    total = len(lat)
     return Record(workload, impl, IMPLEMENTATIONS[impl].label, 1, statistics.median(lat), lat[0],
                   lat[-1], total / elapsed, total, p99_s=_percentile(lat, 0.99), threads=nthreads,
-                  note=note)
+                  client_cpu_s=client_cpu, server_cpu_s=server_cpu, note=note)
 
 
 def loop_record(workload: str, impl: str, body: Callable[[int], None], ops: int, repeat: int,
@@ -353,6 +415,7 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
     try:
         tmp = tempfile.TemporaryDirectory(prefix="bench-")
         cleanups.append(tmp.cleanup)
+        server_pid: Optional[int] = None  # an existing server's CPU is not measured
         if options.endpoint:
             endpoint = options.endpoint
             if "://" not in endpoint:
@@ -363,6 +426,7 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             os.makedirs(server.data_dir, exist_ok=True)
             server.start()
             cleanups.append(server.stop)
+            server_pid = server.pid
             endpoint = server.endpoint
             where = f"embedded elevator-server at {endpoint}"
         log(f"benchmarks: {where}; {n:,} keys; preset {options.preset}")
@@ -374,17 +438,20 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
         ele = Elevator(endpoint=endpoint, timeout=REQUEST_TIMEOUT,
                        max_size=max(32, max_threads, options.checkout_threads))
         cleanups.append(ele.close)
-        if BENCH_DB not in ele.listdb():
-            ele.createdb(BENCH_DB)
+        existing = ele.listdb()
+        for name in (BENCH_DB, ORIGINAL_DB):
+            if name not in existing:
+                ele.createdb(name)
         ele.connect(BENCH_DB)
 
         zctx = zmq.Context()
         cleanups.append(lambda: zctx.term())
-        legacy = LegacyClient(endpoint, BENCH_DB, timeout=REQUEST_TIMEOUT, context=zctx)
+        legacy = LegacyClient(endpoint, ORIGINAL_DB, timeout=REQUEST_TIMEOUT, context=zctx)
         cleanups.append(legacy.close)
 
         echo = EchoServer().start()
         cleanups.append(echo.stop)
+        pids = {"pyelevator": server_pid, "original": server_pid, "zmq-echo": echo.pid}
         echo_client = EchoClient(echo.endpoint, zctx, timeout=REQUEST_TIMEOUT)
         cleanups.append(echo_client.close)
 
@@ -393,6 +460,7 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             import redis
             rserver = RedisServer().start()
             cleanups.append(rserver.stop)
+            pids["redis"] = rserver.pid
             rpool = redis.ConnectionPool(host="127.0.0.1", port=rserver.port,
                                          socket_timeout=REQUEST_TIMEOUT,
                                          max_connections=max(64, max_threads * 2))
@@ -420,6 +488,12 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             records.append(rec)
             progress.done()
 
+        def bulk(workload: str, fns: Dict[str, Callable[[], Any]], items: int,
+                 **kw: Any) -> None:
+            fns = {impl: fn for impl, fn in fns.items() if impl in impls}
+            for rec in bulk_records(workload, fns, items, rep, on_step=progress.step, **kw):
+                add(rec)
+
         # ----- WriteBatch: every pair, one atomic batch
         def plyvel_batch() -> None:
             with ldb.write_batch() as wb:
@@ -441,20 +515,26 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
 
         batch_fns = {"plyvel": plyvel_batch, "pyelevator": ours_batch,
                      "original": lambda: legacy.batch(pairs), "redis": redis_batch}
-        for impl in impls:
-            progress.step(f"WriteBatch {impl}")
-            note = "MSET + ZADD of the key index, one pipeline" if impl == "redis" else ""
-            add(bulk_record("WriteBatch", impl, n, batch_fns[impl], rep, note=note))
+        bulk("WriteBatch", batch_fns, n,
+             notes={"redis": "MSET + ZADD of the key index, one pipeline"})
 
         # ----- MGet of random keys
-        mget_fns = {"plyvel": lambda: list(map(ldb.get, mget_keys)),
+        def plyvel_mget() -> list:
+            # What the server does for an MGet (fill_cache=False, py-elevator's default):
+            # the same reads, so the ratio is the cost of the client/server path alone.
+            snap = ldb.snapshot()
+            try:
+                return list(map(functools.partial(snap.get, fill_cache=False), mget_keys))
+            finally:
+                snap.close()
+
+        mget_fns = {"plyvel": plyvel_mget,
                     "pyelevator": lambda: ele.MGet(mget_keys),
                     "original": lambda: legacy.mget(mget_keys),
                     "redis": lambda: rds.mget(mget_keys)}
-        for impl in impls:
-            progress.step(f"MGet {impl}")
-            add(bulk_record("MGet", impl, len(mget_keys), mget_fns[impl], rep,
-                            check=_expect_len(len(mget_keys))))
+        bulk("MGet", mget_fns, len(mget_keys), check=_expect_len(len(mget_keys)),
+             notes={"plyvel": "snapshot.get(fill_cache=False), as the server reads",
+                    "pyelevator": "MGet(keys) (fill_cache=False)"})
 
         # ----- Range over everything
         def redis_range() -> list:
@@ -465,11 +545,8 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
                      "pyelevator": lambda: ele.Range(),
                      "original": lambda: legacy.range(),
                      "redis": redis_range}
-        for impl in impls:
-            progress.step(f"Range {impl}")
-            note = "ZRANGE BYLEX of the index + MGET" if impl == "redis" else ""
-            add(bulk_record("Range", impl, n, range_fns[impl], rep, check=_expect_len(n),
-                            note=note))
+        bulk("Range", range_fns, n, check=_expect_len(n),
+             notes={"redis": "ZRANGE BYLEX of the index + MGET"})
 
         # ----- Slice: the first n items
         def redis_slice() -> list:
@@ -480,11 +557,8 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
                      "pyelevator": lambda: ele.Slice(None, n),
                      "original": lambda: legacy.slice(None, n),
                      "redis": redis_slice}
-        for impl in impls:
-            progress.step(f"Slice {impl}")
-            note = "ZRANGE BYLEX LIMIT of the index + MGET" if impl == "redis" else ""
-            add(bulk_record("Slice", impl, n, slice_fns[impl], rep, check=_expect_len(n),
-                            note=note))
+        bulk("Slice", slice_fns, n, check=_expect_len(n),
+             notes={"redis": "ZRANGE BYLEX LIMIT of the index + MGET"})
 
         # ----- RangeIter: iterate over everything
         def count(it: Iterable[Any]) -> int:
@@ -510,13 +584,10 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
                     "pyelevator": lambda: count(ele.RangeIter()),
                     "original": lambda: count(legacy.range_iter()),
                     "redis": redis_iter}
-        for impl in impls:
-            progress.step(f"RangeIter {impl}")
-            note = {"original": "one RANGE, then iterated (as the original did)",
+        bulk("RangeIter", iter_fns, n, check=_expect_len(n),
+             notes={"original": "one RANGE, then iterated (as the original did)",
                     "redis": f"pages of {PAGE:,}: ZRANGE BYLEX LIMIT + MGET",
-                    "pyelevator": f"pages of {PAGE:,}"}.get(impl, "")
-            add(bulk_record("RangeIter", impl, n, iter_fns[impl], rep, check=_expect_len(n),
-                            note=note))
+                    "pyelevator": f"pages of {PAGE:,}"})
 
         # ----- single Get latency, one thread
         from pyelevator_pool import protocol
@@ -527,12 +598,13 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             get_fns["redis"] = rds.get
         for impl in impls:
             progress.step(f"Get {impl}")
-            add(latency_record("Get", impl, get_fns[impl], get_keys, options.latency_samples))
+            add(latency_record("Get", impl, get_fns[impl], get_keys, options.latency_samples,
+                               server_pid=pids.get(impl)))
         progress.step("Get zmq-echo")
         add(latency_record(
             "Get", "zmq-echo",
             lambda k: echo_client.roundtrip(protocol.encode_request("GET", [k], get_frame_uid)),
-            get_keys, options.latency_samples,
+            get_keys, options.latency_samples, server_pid=pids.get("zmq-echo"),
             note="a GET-sized request frame sent to an echo process and received back"))
 
         # ----- N threads, random Gets through one shared client
@@ -540,7 +612,8 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             for impl in impls:
                 progress.step(f"Get x{nthreads} threads {impl}")
                 add(thread_record(f"Get x{nthreads} threads", impl, get_fns[impl], keys,
-                                  nthreads, options.thread_seconds, options.seed))
+                                  nthreads, options.thread_seconds, options.seed,
+                                  server_pid=pids.get(impl)))
 
         # ----- pool checkout + checkin
         pool = ele.pool
