@@ -32,10 +32,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 __all__ = ["Options", "Record", "Implementation", "IMPLEMENTATIONS", "run_suite", "make_data"]
 
-BENCH_DB = "benchmarks"
-#: the original design writes to a database of its own: LevelDB's write cost depends on
-#: how much was written before (compactions), so each store gets the same volume.
-ORIGINAL_DB = "benchmarks-original"
+BENCH_DB = "benchmarks"                    # loaded once; every read workload reads it
+#: The timed WriteBatch runs write to databases of their own, one per implementation:
+#: LevelDB's write cost depends on how much was written before (compactions), so each
+#: store gets the same volume, and the read workloads read stores written once.
+BATCH_DB = "benchmarks-batch"
+ORIGINAL_BATCH_DB = "benchmarks-batch-original"
 REDIS_INDEX = "bench:index"   # sorted set of every key (score 0): ordered ranges in redis
 PAGE = 10_000                 # RangeIter page size (pyelevator's default, and redis's pages)
 REQUEST_TIMEOUT = 30.0        # seconds, for every request of every client
@@ -48,7 +50,7 @@ class Options:
 
     size: int = 100_000
     mget_count: int = 9_999
-    repeat: int = 5
+    repeat: int = 7
     threads: Tuple[int, ...] = (1, 4, 16, 64)
     thread_seconds: float = 2.0
     latency_samples: int = 20_000
@@ -224,28 +226,55 @@ def bulk_records(workload: str, fns: Dict[str, Callable[[], Any]], items: int, r
     return out
 
 
-def latency_record(workload: str, impl: str, op: Callable[[bytes], Any], keys: Sequence[bytes],
-                   samples: int, note: str = "", server_pid: Optional[int] = None) -> Record:
-    """Time ``samples`` single operations, one by one; median, p99, min, max per operation."""
-    for key in keys[:min(200, len(keys))]:  # warm-up: sockets open, caches filled
-        op(key)
-    lat = []
+def latency_records(workload: str, ops: Dict[str, Callable[[bytes], Any]], keys: Sequence[bytes],
+                    samples: int, server_pids: Optional[Dict[str, Optional[int]]] = None,
+                    notes: Optional[Dict[str, str]] = None, blocks: int = 10) -> List[Record]:
+    """Time ``samples`` single operations of each implementation, one by one: median,
+    p99, min, max per operation, and the CPU per operation of this process and of the
+    implementation's server. Interleaved in ``blocks`` so that load from elsewhere falls
+    on every implementation alike."""
+    server_pids = server_pids or {}
+    notes = notes or {}
+    for op in ops.values():
+        for key in keys[:min(200, len(keys))]:  # warm-up: sockets open, caches filled
+            op(key)
+    blocks = max(1, min(blocks, samples))
+    per_block = [samples // blocks + (1 if b < samples % blocks else 0) for b in range(blocks)]
+    lat: Dict[str, List[float]] = {impl: [] for impl in ops}
+    wall = dict.fromkeys(ops, 0.0)
+    cpu_client = dict.fromkeys(ops, 0.0)
+    cpu_server: Dict[str, Optional[float]] = dict.fromkeys(ops, 0.0)
     perf = time.perf_counter
     n = len(keys)
-    cpu = _CpuMeter(server_pid)
-    cpu.start()
-    start = perf()
-    for i in range(samples):
-        key = keys[i % n]
-        t0 = perf()
-        op(key)
-        lat.append(perf() - t0)
-    total = perf() - start
-    client_cpu, server_cpu = cpu.per_op(samples)
-    lat.sort()
-    return Record(workload, impl, IMPLEMENTATIONS[impl].label, 1, statistics.median(lat), lat[0],
-                  lat[-1], samples / total, samples, p99_s=_percentile(lat, 0.99),
-                  client_cpu_s=client_cpu, server_cpu_s=server_cpu, note=note)
+    done = 0
+    for count in per_block:
+        for impl, op in ops.items():
+            meter = _CpuMeter(server_pids.get(impl))
+            out = lat[impl]
+            meter.start()
+            start = perf()
+            for i in range(done, done + count):
+                key = keys[i % n]
+                t0 = perf()
+                op(key)
+                out.append(perf() - t0)
+            wall[impl] += perf() - start
+            c, srv = meter.per_op(1)
+            cpu_client[impl] += c or 0.0
+            prev = cpu_server[impl]
+            cpu_server[impl] = None if srv is None or prev is None else prev + srv
+        done += count
+    records = []
+    for impl, values in lat.items():
+        values.sort()
+        srv_total = cpu_server[impl]
+        records.append(Record(
+            workload, impl, IMPLEMENTATIONS[impl].label, 1, statistics.median(values), values[0],
+            values[-1], samples / wall[impl], samples, p99_s=_percentile(values, 0.99),
+            client_cpu_s=cpu_client[impl] / samples,
+            server_cpu_s=None if srv_total is None else srv_total / samples,
+            note=notes.get(impl, "")))
+    return records
 
 
 def thread_record(workload: str, impl: str, op: Callable[[bytes], Any], keys: Sequence[bytes],
@@ -433,21 +462,27 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
 
         ldb = plyvel.DB(os.path.join(tmp.name, "plyvel"), create_if_missing=True)
         cleanups.append(ldb.close)
+        ldb_batch = plyvel.DB(os.path.join(tmp.name, "plyvel-batch"), create_if_missing=True)
+        cleanups.append(ldb_batch.close)
 
         max_threads = max(options.threads)
         ele = Elevator(endpoint=endpoint, timeout=REQUEST_TIMEOUT,
                        max_size=max(32, max_threads, options.checkout_threads))
         cleanups.append(ele.close)
         existing = ele.listdb()
-        for name in (BENCH_DB, ORIGINAL_DB):
+        for name in (BENCH_DB, BATCH_DB, ORIGINAL_BATCH_DB):
             if name not in existing:
                 ele.createdb(name)
         ele.connect(BENCH_DB)
+        ele_batch = Elevator(BATCH_DB, pool=ele.pool, timeout=REQUEST_TIMEOUT)
 
         zctx = zmq.Context()
         cleanups.append(lambda: zctx.term())
-        legacy = LegacyClient(endpoint, ORIGINAL_DB, timeout=REQUEST_TIMEOUT, context=zctx)
+        legacy = LegacyClient(endpoint, BENCH_DB, timeout=REQUEST_TIMEOUT, context=zctx)
         cleanups.append(legacy.close)
+        legacy_batch = LegacyClient(endpoint, ORIGINAL_BATCH_DB, timeout=REQUEST_TIMEOUT,
+                                    context=zctx)
+        cleanups.append(legacy_batch.close)
 
         echo = EchoServer().start()
         cleanups.append(echo.stop)
@@ -495,17 +530,21 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
                 add(rec)
 
         # ----- WriteBatch: every pair, one atomic batch
-        def plyvel_batch() -> None:
-            with ldb.write_batch() as wb:
-                for k, v in pairs:
-                    wb.put(k, v)
+        def plyvel_batch(db: Any) -> Callable[[], None]:
+            def run() -> None:
+                with db.write_batch() as wb:
+                    for k, v in pairs:
+                        wb.put(k, v)
+            return run
 
-        def ours_batch() -> None:
-            wb = ele.WriteBatch()
-            put = wb.Put
-            for k, v in pairs:
-                put(k, v)
-            wb.Write()
+        def ours_batch(client: Any) -> Callable[[], None]:
+            def run() -> None:
+                wb = client.WriteBatch()
+                put = wb.Put
+                for k, v in pairs:
+                    put(k, v)
+                wb.Write()
+            return run
 
         def redis_batch() -> None:
             pipe = rds.pipeline(transaction=False)
@@ -513,8 +552,15 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             pipe.zadd(REDIS_INDEX, {k: 0 for k in keys})
             pipe.execute()
 
-        batch_fns = {"plyvel": plyvel_batch, "pyelevator": ours_batch,
-                     "original": lambda: legacy.batch(pairs), "redis": redis_batch}
+        # The read workloads' data, written once, untimed.
+        progress.step("loading the data")
+        plyvel_batch(ldb)()
+        ours_batch(ele)()
+        if rds is not None:
+            redis_batch()
+
+        batch_fns = {"plyvel": plyvel_batch(ldb_batch), "pyelevator": ours_batch(ele_batch),
+                     "original": lambda: legacy_batch.batch(pairs), "redis": redis_batch}
         bulk("WriteBatch", batch_fns, n,
              notes={"redis": "MSET + ZADD of the key index, one pipeline"})
 
@@ -596,16 +642,18 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             "plyvel": ldb.get, "pyelevator": ele.Get, "original": legacy.get}
         if rds is not None:
             get_fns["redis"] = rds.get
-        for impl in impls:
-            progress.step(f"Get {impl}")
-            add(latency_record("Get", impl, get_fns[impl], get_keys, options.latency_samples,
-                               server_pid=pids.get(impl)))
-        progress.step("Get zmq-echo")
-        add(latency_record(
-            "Get", "zmq-echo",
-            lambda k: echo_client.roundtrip(protocol.encode_request("GET", [k], get_frame_uid)),
-            get_keys, options.latency_samples, server_pid=pids.get("zmq-echo"),
-            note="a GET-sized request frame sent to an echo process and received back"))
+        # The echo's frames are encoded beforehand: the floor is the network, not msgpack.
+        echo_frames = {k: protocol.encode_request("GET", [k], get_frame_uid, id=1)
+                       for k in set(get_keys)}
+        latency_fns = dict(get_fns)
+        latency_fns["zmq-echo"] = lambda k: echo_client.roundtrip(echo_frames[k])
+        progress.step("Get latency")
+        for rec in latency_records(
+                "Get", latency_fns, get_keys, options.latency_samples, server_pids=pids,
+                notes={"zmq-echo": "a GET request frame, encoded beforehand, sent to an echo "
+                                   "process and received back (poll with a timeout, then "
+                                   "recv, as a client must)"}):
+            add(rec)
 
         # ----- N threads, random Gets through one shared client
         for nthreads in options.threads:
