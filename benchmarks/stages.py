@@ -74,8 +74,19 @@ def measure_stages(size: int = 100_000, repeat: int = 7) -> Dict[str, List[Tuple
         store = Store(tmp + "/server")
         store.load()
         dispatcher = Dispatcher(store)
-        uid = store.connect("default")
+        uid_box = [store.connect("default")]
         ldb = plyvel.DB(tmp + "/plyvel", create_if_missing=True)
+
+        def plyvel_load(db: Any) -> None:
+            with db.write_batch() as wb:
+                for k, v in pairs:
+                    wb.put(k, v)
+
+        # The read chains read stores written once (untimed).
+        plyvel_load(ldb)
+        with gc_paused():
+            dispatcher.run(dispatcher.decode(protocol.encode_request(
+                protocol.BATCH, [[(1, k, v) for k, v in pairs]], uid_box[0], id=1)))
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 0
@@ -96,6 +107,7 @@ def measure_stages(size: int = 100_000, repeat: int = 7) -> Dict[str, List[Tuple
             def chain(name: str, build: Callable[[], Tuple[str, list]], baseline: Callable[[], Any]
                       ) -> None:
                 cmd, args = build()
+                uid = uid_box[0]
                 frame = protocol.encode_request(cmd, args, uid, id=1)
                 reply = server_run(frame)
                 req = dispatcher.decode(frame)
@@ -120,21 +132,6 @@ def measure_stages(size: int = 100_000, repeat: int = 7) -> Dict[str, List[Tuple
                 stages.append(("plyvel (in-process)", _best(baseline, repeat)))
                 out[name] = stages
 
-            def build_batch() -> Tuple[str, list]:
-                wb = WriteBatch.__new__(WriteBatch)  # only its Put path: no client needed
-                wb._ops = []
-                put = wb.Put
-                for k, v in pairs:
-                    put(k, v)
-                return protocol.BATCH, [wb._ops]
-
-            def plyvel_batch() -> None:
-                with ldb.write_batch() as wb:
-                    for k, v in pairs:
-                        wb.put(k, v)
-
-            chain("WriteBatch", build_batch, plyvel_batch)
-
             def build_mget() -> Tuple[str, list]:
                 return protocol.MGET, [mget_keys if set(map(type, mget_keys)) == {bytes}
                                        else list(mget_keys), False]
@@ -151,6 +148,26 @@ def measure_stages(size: int = 100_000, repeat: int = 7) -> Dict[str, List[Tuple
                   lambda: list(ldb.iterator()))
             chain("Slice", lambda: (protocol.SLICE, [None, size, True, True]),
                   lambda: list(islice(ldb.iterator(), size)))
+
+            def build_batch() -> Tuple[str, list]:
+                wb = WriteBatch.__new__(WriteBatch)  # only its Put path: no client needed
+                wb._ops = []
+                put = wb.Put
+                for k, v in pairs:
+                    put(k, v)
+                return protocol.BATCH, [wb._ops]
+
+            # Writes go to stores of their own, the same volume on each side: LevelDB's
+            # write cost depends on what was written before.
+            store.create("batch", {})
+            uid_box[0] = store.connect("batch")
+            ldb_batch = plyvel.DB(tmp + "/plyvel-batch", create_if_missing=True)
+            try:
+                chain("WriteBatch", build_batch,
+                      lambda: plyvel_load(ldb_batch))
+            finally:
+                ldb_batch.close()
+
         finally:
             sock.close(0)
             ctx.term()
