@@ -244,16 +244,23 @@ class ElevatorPool:
         if conn.is_tainted or self._closed:
             self._discard(conn)
             return
+        closed = False
         with self._lock:
             if conn not in self._all:  # from before a fork or a close
                 return
-            if self._waiters:
+            if self._closed:
+                # close() ran since the check above: parked idle in a closed pool, this
+                # socket would never be closed, nor the context terminated.
+                closed = True
+            elif self._waiters:
                 waiter = self._waiters.popleft()
                 waiter.conn = conn
                 waiter.event.set()
             else:
                 self._in_use -= 1
                 self._idle[conn] = None
+        if closed:
+            self._discard(conn)
 
     def _forget(self, conn: Connection, *, replaced: bool) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ fixture closes.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Callable, Dict, List
@@ -506,6 +507,46 @@ def test_close_wakes_waiting_threads_with_pool_closed(make_pool):
     assert len(got) == 1 and isinstance(got[0], PoolClosed)
     pool.checkin(held)
     assert held.is_closed and pool.stats()["size"] == 0
+
+
+def test_close_racing_checkins_leaves_no_socket_open(make_pool):
+    # A socket given back while close() runs must be closed, not parked idle in a
+    # closed pool (where nothing would ever close it, nor terminate the context).
+    # The window is a few bytecodes wide: switch threads very often, and try many times.
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    leaks = []
+    try:
+        for trial in range(150):
+            pool = make_pool(max_size=8, health_check_interval=None)
+            seen: List[Connection] = []
+            go = threading.Event()
+
+            def worker(i: int) -> None:
+                go.wait(JOIN)
+                for _ in range(2000):
+                    try:
+                        conn = pool.checkout()
+                    except PoolClosed:
+                        return
+                    seen.append(conn)
+                    pool.checkin(conn)
+
+            threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(8)]
+            for t in threads:
+                t.start()
+            go.set()
+            wait_until(lambda: len(seen) >= 20, timeout=JOIN, step=0.0005)
+            pool.close()
+            for t in threads:
+                t.join(JOIN)
+            stats = pool.stats()
+            left_open = [c for c in set(seen) if not c.is_closed]
+            if stats["size"] or left_open or not pool._context.closed:
+                leaks.append((trial, stats["size"], len(left_open)))
+    finally:
+        sys.setswitchinterval(previous)
+    assert leaks == []
 
 
 def test_pool_and_elevator_are_context_managers(server):
