@@ -202,9 +202,10 @@ def bulk_records(workload: str, fns: Dict[str, Callable[[], Any]], items: int, r
                  notes: Optional[Dict[str, str]] = None,
                  on_step: Optional[Callable[[str], None]] = None) -> List[Record]:
     """Run each of ``fns`` ``repeat`` times (after one untimed warm-up, whose result
-    ``check`` verifies) and keep median, min and max. Interleaved: repetition r
-    of every implementation runs before repetition r+1 of any, so that a burst of load
-    from elsewhere on a shared machine falls on all of them rather than on one."""
+    ``check`` verifies) and keep median, min and max. Interleaved, in a rotating order:
+    repetition r of every implementation runs before repetition r+1 of any, so that a
+    burst of load from elsewhere on a shared machine falls on all of them rather than on
+    one, and none always runs right after the same other one."""
     notes = notes or {}
     for impl, fn in fns.items():  # warm-up and check, untimed
         if on_step is not None:
@@ -214,8 +215,10 @@ def bulk_records(workload: str, fns: Dict[str, Callable[[], Any]], items: int, r
             check(result)
         del result
     times: Dict[str, List[float]] = {impl: [] for impl in fns}
-    for _ in range(repeat):
-        for impl, fn in fns.items():
+    order = list(fns.items())
+    for r in range(repeat):
+        # Rotated each round: none always runs right after the same other one (caches).
+        for impl, fn in order[r % len(order):] + order[:r % len(order)]:
             times[impl].append(_timed(fn))
     out = []
     for impl, ts in times.items():
@@ -247,8 +250,9 @@ def latency_records(workload: str, ops: Dict[str, Callable[[bytes], Any]], keys:
     perf = time.perf_counter
     n = len(keys)
     done = 0
-    for count in per_block:
-        for impl, op in ops.items():
+    order = list(ops.items())
+    for b, count in enumerate(per_block):
+        for impl, op in order[b % len(order):] + order[:b % len(order)]:
             meter = _CpuMeter(server_pids.get(impl))
             out = lat[impl]
             meter.start()
