@@ -150,9 +150,11 @@ class ElevatorPool:
     def checkout(self, timeout: Optional[float] = None) -> Connection:
         """A socket for the calling thread's exclusive use; give it back with :meth:`checkin`.
 
-        Waits up to ``timeout`` (default ``checkout_timeout``) seconds for one.
+        Waits up to ``timeout`` (default ``checkout_timeout``) seconds for one, the
+        health check of an idle socket included.
         Raises PoolTimeout when none became free, PoolClosed after :meth:`close`.
         """
+        budget_end = time.monotonic() + (self.checkout_timeout if timeout is None else timeout)
         if self._pid != os.getpid():
             self._after_fork()
         last = self._local.__dict__.get("conn")
@@ -180,7 +182,7 @@ class ElevatorPool:
             conn = self._wait(self.checkout_timeout if timeout is None else timeout)
         interval = self.health_check_interval
         if interval is not None and time.monotonic() - conn.last_used > interval:
-            conn = self._health_check(conn)
+            conn = self._health_check(conn, budget_end)
         self._local.conn = conn
         return conn
 
@@ -227,10 +229,12 @@ class ElevatorPool:
             return waiter.conn
         return self._open()
 
-    def _health_check(self, conn: Connection) -> Connection:
+    def _health_check(self, conn: Connection, budget_end: float) -> Connection:
         with self._lock:
             self._health_checks += 1
-        if conn.ping(timeout=min(1.0, self.timeout)):
+        # Within the caller's checkout budget (and so the call's deadline): a PING of
+        # its own 1 s made a call with timeout=0.1 to a dead server last 1 s.
+        if conn.ping(timeout=max(0.0, min(1.0, self.timeout, budget_end - time.monotonic()))):
             return conn
         # Replace it: the slot stays ours, so a new socket needs no new checkout.
         self._forget(conn, replaced=True)
