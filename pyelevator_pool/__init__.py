@@ -10,21 +10,24 @@ from __future__ import annotations
 
 from .batch import WriteBatch
 from .client import Elevator
-from .errors import (CompressionUnavailable, ConnectionError, DatabaseError, ElevatorError,
+from .errors import (AuthenticationError, CompressionUnavailable, ConnectionError, DatabaseError, ElevatorError,
                      ElevatorIndexError, ElevatorKeyError, ElevatorOSError, ElevatorRuntimeError,
-                     ElevatorTimeout, ElevatorTypeError, ElevatorValueError, PoolClosed, PoolError,
+                     ElevatorTimeout, ElevatorTypeError, ElevatorValueError, LimitExceeded,
+                     PoolClosed, PoolError,
                      PoolTimeout, ProtocolError, RequestError, ServerError, SignalError,
                      TransportError)
 from .pool import ElevatorPool
 from .retry import NO_RETRY, RetryPolicy
+from .security import CurveKeys
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Elevator", "WriteBatch", "ElevatorPool", "RetryPolicy", "NO_RETRY",
+    "Elevator", "WriteBatch", "ElevatorPool", "RetryPolicy", "NO_RETRY", "CurveKeys",
     "ElevatorError", "ServerError", "ElevatorKeyError", "ElevatorTypeError", "ElevatorValueError",
     "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError", "DatabaseError",
     "SignalError", "RequestError", "TransportError", "ElevatorTimeout", "ConnectionError",
     "ProtocolError", "CompressionUnavailable", "PoolError", "PoolTimeout", "PoolClosed",
+    "AuthenticationError", "LimitExceeded",
     "__version__",
 ]

@@ -4,6 +4,7 @@ The client knows commands and argument shapes; it knows nothing of sockets.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -23,6 +24,11 @@ _DEFAULT_ENDPOINT = "127.0.0.1:4141"
 #: items per page of RangeIter: about 0.5 MB of reply for 32-byte values, small
 #: enough to bound memory, large enough that a page costs far more than a round trip.
 RANGE_ITER_PAGE = 10_000
+#: calls with more keys or items than this fetch the server's limits first (once per
+#: pool, see LIMITS); the server never sets a limit below it, so smaller calls never need to.
+LIMITS_MATTER = 1000
+#: page size when a Range or Slice over the server's max_items is paged transparently.
+_LIMIT_PAGE = 10 * RANGE_ITER_PAGE
 
 
 _ONLY_BYTES = {bytes}
@@ -225,6 +231,35 @@ class Elevator:
             self._binding = (name, uid)
         return uid
 
+    def _limits(self, timeout: Optional[float]) -> Dict[str, int]:
+        """The server's limits (``max_keys``, ``max_items``...), fetched once per pool.
+        ``{}`` for a server without the LIMITS extension (the original one)."""
+        limits = self._pool.server_limits
+        if limits is None:
+            reply = self._request(protocol.LIMITS, [], None, timeout, False)
+            datas = reply.datas if reply.status != Status.FAILURE else None
+            limits = {}
+            if isinstance(datas, dict):
+                limits = {self._text(k): v for k, v in datas.items()
+                          if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+            self._pool.server_limits = limits
+        return limits
+
+    def _limit(self, name: str, size: int, timeout: Optional[float]) -> Optional[int]:
+        """The server's ``name`` limit when ``size`` exceeds it, else None."""
+        if size <= LIMITS_MATTER:
+            return None
+        maximum = self._limits(timeout).get(name)
+        return maximum if maximum is not None and size > maximum else None
+
+    def _over_limit(self, exc: errors.ServerError, name: str) -> bool:
+        """Whether ``exc`` is the server's over-limit answer for ``name``; forgets the
+        cached limits then (the server may have restarted with others)."""
+        if isinstance(exc, errors.ElevatorValueError) and f"({name})" in exc.message:
+            self._pool.server_limits = None
+            return True
+        return False
+
     @staticmethod
     def _text(value: Any) -> str:
         return value.decode("utf-8") if isinstance(value, bytes) else value
@@ -324,7 +359,9 @@ class Elevator:
         """The values of ``keys`` (a list or tuple), in order, ``None`` for each missing key.
 
         ``fill_cache``: let the reads fill LevelDB's block cache (True for small,
-        repeated random reads; keep False for bulk reads).
+        repeated random reads; keep False for bulk reads). More keys than the server's
+        ``max_keys`` are sent as several MGETs (``timeout`` then applies to each); the
+        values are then not read from one snapshot.
         """
         if not isinstance(keys, (list, tuple)):
             raise TypeError(f"keys must be a list or tuple, not {type(keys).__name__}")
@@ -334,9 +371,22 @@ class Elevator:
         bkeys = keys if set(map(type, keys)) == _ONLY_BYTES else [to_bytes(k) for k in keys]
         if not bkeys:
             return []
-        reply = self._call(protocol.MGET, [bkeys, fill_cache], timeout=timeout,
-                           compression=compression)
-        values = reply.datas
+        chunk = self._limit("max_keys", len(bkeys), timeout)
+        if chunk is None:
+            try:
+                values = self._call(protocol.MGET, [bkeys, fill_cache], timeout=timeout,
+                                    compression=compression).datas
+            except errors.ElevatorValueError as exc:
+                # Limits cached before the server restarted with lower ones: split now.
+                chunk = self._limit("max_keys", len(bkeys), timeout) \
+                    if self._over_limit(exc, "max_keys") else None
+                if chunk is None:
+                    raise
+        if chunk is not None:
+            values = []
+            for i in range(0, len(bkeys), chunk):
+                values.extend(self._call(protocol.MGET, [bkeys[i:i + chunk], fill_cache],
+                                         timeout=timeout, compression=compression).datas)
         if self.decode_responses:
             return [None if v is None else v.decode("utf-8") for v in values]
         return values
@@ -361,7 +411,9 @@ class Elevator:
               prefix: Optional[Key] = None, timeout: Optional[float] = None,
               compression: Optional[bool] = None) -> List[Any]:
         """The items from ``start`` on, as a list of ``[key, value]`` (or bare keys or
-        values when one of ``include_key``/``include_value`` is False).
+        values when one of ``include_key``/``include_value`` is False). A range of more
+        items than the server's ``max_items`` is fetched page by page (``timeout`` then
+        applies to each page), not from one snapshot.
 
         ``limit``: a str/bytes is an inclusive stop key; an int is a count (as
         :meth:`Slice`); None is the end of the database. ``prefix`` keeps only keys that
@@ -375,13 +427,27 @@ class Elevator:
         _check_flags(include_key, include_value)
         args = [_key_or_none(start, "start"), _key_or_none(limit, "limit (a stop key or a count)"),
                 include_key, include_value, _key_or_none(prefix, "prefix")]
-        items = self._call(protocol.RANGE, args, timeout=timeout, compression=compression).datas
+        try:
+            items = self._call(protocol.RANGE, args, timeout=timeout,
+                               compression=compression).datas
+        except errors.ElevatorValueError as exc:
+            if not self._over_limit(exc, "max_items"):
+                raise
+            start_b, stop_b, pfx = args[0], args[1], args[4]
+            if pfx is not None and (start_b is None or start_b < pfx):
+                start_b = pfx
+            page = min(self._limits(timeout).get("max_items", _LIMIT_PAGE), _LIMIT_PAGE)
+            return list(self._range_pages(start_b, stop_b, pfx, include_key, include_value,
+                                          page, timeout))
         return self._out_items(items or [], include_key, include_value)
 
     def Slice(self, key_from: Optional[Key], count: int, *, include_key: bool = True,
               include_value: bool = True, timeout: Optional[float] = None,
               compression: Optional[bool] = None) -> List[Any]:
-        """The first ``count`` items from ``key_from`` (inclusive), same shapes as Range."""
+        """The first ``count`` items from ``key_from`` (inclusive), same shapes as Range.
+
+        A ``count`` over the server's ``max_items`` is fetched page by page (``timeout``
+        then applies to each page)."""
         if isinstance(count, bool) or not isinstance(count, int):
             raise TypeError(f"count must be an int, not {type(count).__name__}")
         if count < 0:
@@ -389,6 +455,11 @@ class Elevator:
         _check_flags(include_key, include_value)
         if count == 0:
             return []
+        maximum = self._limit("max_items", count, timeout)
+        if maximum is not None:
+            pages = self._range_pages(_key_or_none(key_from, "key_from"), None, None, include_key,
+                                      include_value, min(maximum, _LIMIT_PAGE), timeout)
+            return list(itertools.islice(pages, count))
         args = [_key_or_none(key_from, "key_from"), count, include_key, include_value]
         items = self._call(protocol.SLICE, args, timeout=timeout, compression=compression).datas
         return self._out_items(items or [], include_key, include_value)
@@ -449,6 +520,13 @@ class Elevator:
         return WriteBatch(elevator=self)
 
     def _write_batch(self, ops: List, timeout: Optional[float]) -> None:
+        maximum = self._limit("max_keys", len(ops), timeout)
+        if maximum is not None:
+            raise errors.LimitExceeded(
+                f"WriteBatch of {len(ops)} operations exceeds the server's limit of {maximum} "
+                f"operations per batch (max_keys): a batch is atomic, so it cannot be split; "
+                "write several smaller batches", limit="max_keys", value=len(ops),
+                maximum=maximum)
         self._call(protocol.BATCH, [ops], timeout=timeout, is_write=True)
 
     # ---------------------------------------------------------------- lifecycle

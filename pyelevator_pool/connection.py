@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Sequence
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from . import errors, protocol
 from .protocol import Reply
@@ -30,6 +31,15 @@ GC_PAUSE_THRESHOLD = 256 * 1024
 #: how long the first poll for a reply waits before the slow path, which also watches
 #: the socket's monitor for a lost connection. Most replies arrive well within it.
 _FAST_POLL_MS = 20
+#: handshake failures reported by the socket's monitor (CURVE refused, mechanism mismatch,
+#: a wrong server key), and the success that clears them.
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_MONITOR_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
+#: a handshake failure without a definite cause (a wrong server key gives "no detail", but
+#: so could a server killed mid-handshake) is only final when it repeats this many times
+#: in a row; a refused key (AUTH) or a mechanism mismatch is final at once.
+_VAGUE_HANDSHAKE_FAILURES = 3
 
 _gc_lock = threading.Lock()
 _gc_pausers = 0
@@ -87,6 +97,9 @@ class Connection:
         self.is_tainted = False
         self.stale_replies = 0
         self._ids = itertools.count(1)
+        #: consecutive failed security handshakes, and what the last one said
+        self._handshake_failures = 0
+        self._handshake_problem = ""
         sock = context.socket(zmq.DEALER)
         try:
             sock.linger = 0
@@ -102,7 +115,7 @@ class Connection:
                 sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ivl)
             if security is not None:
                 security(sock)
-            self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             sock.connect(endpoint)
         except BaseException:
             sock.close(0)
@@ -111,6 +124,9 @@ class Connection:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
+        self._send_poller = zmq.Poller()
+        self._send_poller.register(sock, zmq.POLLOUT)
+        self._send_poller.register(self._monitor, zmq.POLLIN)
 
     def __repr__(self) -> str:
         state = "tainted" if self.is_tainted else ("closed" if self.is_closed else "open")
@@ -133,14 +149,78 @@ class Connection:
             self.socket.close(0)
 
     def _drain_monitor(self) -> bool:
-        """True when the monitor reported a disconnect since it was last drained."""
+        """True when the monitor reported a disconnect since it was last drained.
+
+        Also keeps count of failed security handshakes (see :meth:`_check_handshake`).
+        """
         lost = False
         while True:
             try:
-                self._monitor.recv_multipart(zmq.NOBLOCK)
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return lost
-            lost = True
+            try:
+                message = parse_monitor_message(frames)
+                event, value = int(message["event"]), int(message["value"])
+            except Exception:  # pragma: no cover - libzmq always sends two well-formed frames
+                lost = True
+                continue
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_failures = 0
+            elif event & _HANDSHAKE_FAILED:
+                self._handshake_failed(event, value)
+            else:
+                lost = True
+
+    def _handshake_failed(self, event: int, value: int) -> None:
+        final = False
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            final = True
+            problem = (f"the server refused this client's CURVE key (ZAP status {value}): "
+                       "its public key must be in the server's --curve-authorized-keys directory")
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL \
+                and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            final = True
+            problem = ("security mismatch: one side uses CURVE and the other does not (a server "
+                       "started with --curve-secret-key needs clients with curve=CurveKeys(...))")
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            problem = f"security handshake failed: ZMTP protocol error {value:#x}"
+        elif self.socket.getsockopt(zmq.MECHANISM) == zmq.CURVE:
+            problem = (f"security handshake failed (errno {value}): check the server's public "
+                       "key (curve_server_key), and that the server uses CURVE")
+        else:
+            problem = (f"security handshake failed (errno {value}): the server probably "
+                       "requires CURVE (--curve-secret-key): give this client "
+                       "curve=CurveKeys(...)")
+        self._handshake_problem = problem
+        self._handshake_failures = (max(self._handshake_failures + 1, _VAGUE_HANDSHAKE_FAILURES)
+                                    if final else self._handshake_failures + 1)
+
+    def _check_handshake(self, cmd: str) -> None:
+        """Raise AuthenticationError when the security handshake keeps failing."""
+        if self._handshake_failures >= _VAGUE_HANDSHAKE_FAILURES:
+            self.is_tainted = True
+            raise errors.AuthenticationError(
+                f"{cmd}: no access to {self.endpoint}: {self._handshake_problem}")
+
+    def _await_connection(self, cmd: str, deadline: float, timeout: float) -> None:
+        """Wait until the socket can send (IMMEDIATE=1: a completed, authenticated
+        connection), watching the monitor so that a refused handshake fails at once."""
+        sock, monitor = self.socket, self._monitor
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                detail = (f" (last handshake: {self._handshake_problem})"
+                          if self._handshake_failures else "")
+                raise errors.ElevatorTimeout(
+                    f"{cmd}: no connection to {self.endpoint} within {timeout:g}s{detail}",
+                    request_sent=False)
+            events = dict(self._send_poller.poll(remaining_ms))
+            if monitor in events:
+                self._drain_monitor()
+                self._check_handshake(cmd)
+            if events.get(sock, 0) & zmq.POLLOUT:
+                return
 
     def request(self, cmd: str, args: Sequence, uid: Optional[str] = None, *,
                 timeout: float, compression: bool = False) -> Reply:
@@ -149,7 +229,8 @@ class Connection:
         Raises ElevatorTimeout (no reply within ``timeout`` seconds; ``request_sent``
         False when it could not even be queued), ConnectionError (the peer went away
         after the request was sent), ProtocolError (a malformed reply; the socket is
-        tainted).
+        tainted), AuthenticationError (the security handshake was refused: a CURVE key
+        the server does not accept, or CURVE on one side only; never sent, not retried).
         """
         rid = next(self._ids)
         frame = protocol.encode_request(cmd, args, uid, id=rid, compression=compression)
@@ -161,14 +242,13 @@ class Connection:
                 # A disconnect from before this request (the socket has reconnected
                 # since, or send would block) says nothing about it: forget it.
                 self._drain_monitor()
+            if self._handshake_failures:
+                self._check_handshake(cmd)
             try:
                 sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
                 # No completed connection yet (just opened, or the server is down).
-                if not sock.poll(max(0, int(timeout * 1000)), zmq.POLLOUT):
-                    raise errors.ElevatorTimeout(
-                        f"{cmd}: no connection to {self.endpoint} within {timeout:g}s",
-                        request_sent=False) from None
+                self._await_connection(cmd, deadline, timeout)
                 sock.send(frame, zmq.NOBLOCK)
             head, content = self._receive(cmd, rid, deadline, timeout)
         except zmq.ZMQError as exc:

@@ -15,6 +15,7 @@ __all__ = [
     "ElevatorError", "ServerError", "ElevatorTypeError", "ElevatorKeyError", "ElevatorValueError",
     "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError", "DatabaseError",
     "SignalError", "RequestError", "TransportError", "ElevatorTimeout", "ConnectionError", "ProtocolError",
+    "AuthenticationError", "LimitExceeded",
     "PoolError", "PoolTimeout", "PoolClosed", "CompressionUnavailable", "error_from_reply",
 ]
 
@@ -116,6 +117,27 @@ class ConnectionError(TransportError, OSError):  # noqa: A001 - deliberately als
     """The socket failed or its peer went away (server killed, context closed)."""
 
     __str__ = Exception.__str__
+
+
+class AuthenticationError(ConnectionError):
+    """The security handshake failed: the server refused this client's CURVE key, or one
+    side uses CURVE and the other does not, or the server's public key is wrong. Never
+    retried (trying again gives the same answer); ``request_sent`` is always False."""
+
+    def __init__(self, message: str, *, request_sent: bool = False) -> None:
+        super().__init__(message, request_sent=False)
+
+
+class LimitExceeded(ElevatorError, ValueError):
+    """A call the client cannot split exceeds one of the server's limits (a WriteBatch
+    is atomic: it is never split). Raised before anything is sent. ``limit`` names the
+    server option (``max_keys``...), ``value`` is the call's size, ``maximum`` the limit."""
+
+    def __init__(self, message: str, *, limit: str, value: int, maximum: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum
 
 
 class ProtocolError(ElevatorError, ValueError):

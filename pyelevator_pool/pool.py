@@ -19,6 +19,7 @@ from . import errors
 from .connection import Connection, normalize_endpoint
 from .protocol import Reply
 from .retry import RetryPolicy
+from .security import CurveKeys
 
 __all__ = ["ElevatorPool"]
 
@@ -80,6 +81,10 @@ class ElevatorPool:
         terminates it on :meth:`close`.
     :param security: a callable applied to every new socket before it connects (the
         CURVE options, for instance).
+    :param curve: a :class:`CurveKeys` (the server's public key and this client's key
+        pair) for a server started with ``--curve-secret-key``: traffic is encrypted and
+        the server checks this client's key. A refused key raises AuthenticationError
+        at the first call, at once (never retried). Not together with ``security``.
     """
 
     def __init__(self, endpoint: str = "127.0.0.1:4141", *, transport: str = "tcp",
@@ -87,8 +92,15 @@ class ElevatorPool:
                  health_check_interval: Optional[float] = 30.0,
                  retry: Optional[RetryPolicy] = None, heartbeat_interval: float = 1.0,
                  context: Optional[zmq.Context] = None,
-                 security: Optional[Callable[[zmq.Socket], None]] = None) -> None:
+                 security: Optional[Callable[[zmq.Socket], None]] = None,
+                 curve: Optional[CurveKeys] = None) -> None:
         self.endpoint = normalize_endpoint(endpoint, transport)
+        if curve is not None:
+            if not isinstance(curve, CurveKeys):
+                raise TypeError(f"curve must be a CurveKeys, not {type(curve).__name__}")
+            if security is not None:
+                raise ValueError("give curve= or security=, not both")
+            security = curve
         _check_number("max_size", max_size, minimum=1, allow_zero=True, integer=True)
         _check_number("timeout", timeout)
         _check_number("checkout_timeout", checkout_timeout, allow_zero=True)
@@ -114,6 +126,9 @@ class ElevatorPool:
         self._context = context if context is not None else zmq.Context()
         #: database name -> uid, resolved once per pool (the client fills it).
         self.uids: Dict[str, str] = {}
+        #: the server's limits (LIMITS: max_keys, max_items...), fetched once by the
+        #: client when a call is large enough to matter; {} when the server has none.
+        self.server_limits: Optional[Dict[str, int]] = None
         self._closed = False
         self._init_state()
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import zmq
 
@@ -24,12 +24,18 @@ from . import protocol
 __all__ = ["ServerProcess", "ping"]
 
 
-def ping(endpoint: str, timeout: float = 1.0, context: Optional[zmq.Context] = None) -> bool:
-    """True when a server at ``endpoint`` answers PING within ``timeout`` seconds."""
+def ping(endpoint: str, timeout: float = 1.0, context: Optional[zmq.Context] = None,
+         security: Optional[Callable[[zmq.Socket], None]] = None) -> bool:
+    """True when a server at ``endpoint`` answers PING within ``timeout`` seconds.
+
+    ``security`` configures the socket first (a ``CurveKeys`` for a CURVE server).
+    """
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     try:
+        if security is not None:
+            security(sock)
         sock.connect(endpoint)
         sock.send(protocol.encode_request(protocol.PING, []))
         if not sock.poll(int(timeout * 1000)):
@@ -45,11 +51,15 @@ class ServerProcess:
 
     ``data_dir``: where the server keeps its databases (a temporary directory
     that is removed on :meth:`stop` when None). ``args``: extra command-line flags.
+    ``security``: client socket options (a ``CurveKeys``) for the readiness PING of a
+    server started with ``--curve-secret-key``.
     """
 
     def __init__(self, data_dir: Optional[str] = None, *, args: Sequence[str] = (),
                  port: int = 0, start_timeout: float = 20.0, log_path: Optional[str] = None,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable,
+                 security: Optional[Callable[[zmq.Socket], None]] = None) -> None:
+        self.security = security
         self._tmp: Optional[tempfile.TemporaryDirectory] = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="elevator-")
@@ -88,7 +98,7 @@ class ServerProcess:
             if os.path.exists(ready):
                 with open(ready) as f:
                     endpoint = f.read().strip()
-                if endpoint and ping(endpoint, timeout=1.0):
+                if endpoint and ping(endpoint, timeout=1.0, security=self.security):
                     self.endpoint = endpoint
                     if endpoint.startswith("tcp://"):
                         self.port = int(endpoint.rsplit(":", 1)[1])

@@ -89,7 +89,7 @@ SENT = [errors.ElevatorTimeout("t", request_sent=True),
 NEVER = [errors.ServerError("s"), errors.ElevatorKeyError("k"), errors.DatabaseError("d"),
          errors.ElevatorRuntimeError("r"), errors.RequestError("q"),
          errors.PoolTimeout("p"), errors.PoolClosed("p"), errors.ProtocolError("x"),
-         ValueError("v"), KeyboardInterrupt()]
+         errors.AuthenticationError("a"), ValueError("v"), KeyboardInterrupt()]
 
 
 @pytest.mark.parametrize("exc", UNSENT, ids=lambda e: type(e).__name__)
@@ -162,6 +162,27 @@ def test_pool_timeout_during_retries_is_not_retried():
         policy.call_after_failure(sent_timeout(), attempt, deadline=time.monotonic() + FAR,
                                   idempotent=True)
     assert info.value is exhausted and len(attempt.calls) == 1
+
+
+def test_authentication_error_is_a_never_sent_connection_error_yet_not_retried():
+    exc = errors.AuthenticationError("key refused", request_sent=True)
+    assert isinstance(exc, errors.ConnectionError) and exc.request_sent is False
+    policy = RetryPolicy(sleep=Recorder())
+    attempt = failing([])
+    with pytest.raises(errors.AuthenticationError) as info:
+        policy.call_after_failure(exc, attempt, deadline=time.monotonic() + FAR, idempotent=True)
+    assert info.value is exc and attempt.calls == [] and policy.retries == 0
+
+
+def test_authentication_error_during_retries_ends_them_at_once():
+    sleep = Recorder()
+    policy = RetryPolicy(sleep=sleep)
+    refused = errors.AuthenticationError("key refused")
+    attempt = failing([refused, unsent_timeout()])
+    with pytest.raises(errors.AuthenticationError) as info:
+        policy.call_after_failure(unsent_timeout(), attempt, deadline=time.monotonic() + FAR,
+                                  idempotent=True)
+    assert info.value is refused and len(attempt.calls) == 1 and len(sleep.waits) == 1
 
 
 # ----------------------------------------------------------------- retry loop

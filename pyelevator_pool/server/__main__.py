@@ -8,6 +8,7 @@ import sys
 from typing import List, NoReturn, Optional
 
 from .. import protocol
+from .handlers import DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE, MIN_LIMIT
 
 __all__ = ["main", "build_parser"]
 
@@ -40,6 +41,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _limit(text: str) -> int:
+    value = _positive_int(text.replace("_", "").replace(",", ""))
+    if value < MIN_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be >= {MIN_LIMIT}: {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -50,7 +58,9 @@ def _port(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="elevator-server",
                 description="Elevator-compatible key-value server: LevelDB behind a ZeroMQ "
-                            "ROUTER socket (msgpack protocol).")
+                            "ROUTER socket (msgpack protocol).",
+                epilog="'elevator-server keygen DIR [--name NAME]' writes a CURVE key pair "
+                       "(NAME.key, NAME.key_secret) for --curve-secret-key and clients.")
     p.add_argument("--bind", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, loopback only)")
     p.add_argument("--port", type=_port, default=4141,
@@ -69,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-size", type=_positive_int,
                    default=protocol.DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES",
                    help="largest request accepted (default: %(default)s)")
+    p.add_argument("--max-keys", type=_limit, default=DEFAULT_MAX_KEYS, metavar="N",
+                   help="most keys of one MGET and operations of one BATCH "
+                        "(default: %(default)s)")
+    p.add_argument("--max-items", type=_limit, default=DEFAULT_MAX_ITEMS, metavar="N",
+                   help="most items of one RANGE/SLICE reply (default: %(default)s)")
+    p.add_argument("--max-reply-size", type=_limit, default=DEFAULT_MAX_REPLY_SIZE,
+                   metavar="BYTES",
+                   help="most bytes of keys and values in one RANGE/SLICE/MGET reply "
+                        "(default: %(default)s)")
+    p.add_argument("--curve-secret-key", metavar="FILE",
+                   help="turn on CURVE encryption and authentication with this server "
+                        "secret certificate (NAME.key_secret from 'elevator-server keygen'); "
+                        "needs --curve-authorized-keys")
+    p.add_argument("--curve-authorized-keys", metavar="DIR",
+                   help="directory of the public certificates (*.key) of the clients allowed "
+                        "in; re-read on SIGHUP. '*' accepts any client that knows the "
+                        "server's public key (encryption only)")
     p.add_argument("--sync", action="store_true",
                    help="fsync every write (survives power loss, not only a crash of the server)")
     p.add_argument("--workers", type=_positive_int, default=2, metavar="N",
@@ -99,7 +126,56 @@ def _check_data_dir(path: str) -> Optional[str]:
     return None
 
 
+def build_keygen_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="elevator-server keygen",
+                description="Write a CURVE key pair as DIR/NAME.key (the public key: give it "
+                            "to the other side) and DIR/NAME.key_secret (keep it secret; "
+                            "mode 0600). Never overwrites a key.")
+    p.add_argument("directory", metavar="DIR", help="where to write (created if missing)")
+    p.add_argument("--name", default="server",
+                   help="base name of the files (default: %(default)s); e.g. 'server' for "
+                        "the server, one name per client")
+    return p
+
+
+def keygen(argv: List[str]) -> int:
+    """``elevator-server keygen DIR [--name NAME]``; returns the exit code."""
+    from ..security import generate_certificates
+
+    args = build_keygen_parser().parse_args(argv)
+    try:
+        public_file, secret_file = generate_certificates(args.directory, args.name)
+    except (OSError, ValueError) as exc:
+        print(f"elevator-server keygen: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"public key: {public_file}\nsecret key: {secret_file}")
+    return 0
+
+
+def _check_curve(args: argparse.Namespace) -> Optional[str]:
+    """Why the CURVE flags cannot work, or None when they can (or are not given)."""
+    if args.curve_secret_key is None and args.curve_authorized_keys is None:
+        return None
+    if args.curve_secret_key is None:
+        return "--curve-authorized-keys needs --curve-secret-key FILE (the server's key pair)"
+    if args.curve_authorized_keys is None:
+        return ("--curve-secret-key needs --curve-authorized-keys DIR (the clients' public "
+                "keys), or '*' to let in any client that knows the server's public key")
+    from ..security import load_key_pair
+    try:
+        load_key_pair(args.curve_secret_key)
+    except (OSError, ValueError) as exc:
+        return f"--curve-secret-key: {exc}"
+    if args.curve_authorized_keys != "*" and not os.path.isdir(args.curve_authorized_keys):
+        return f"--curve-authorized-keys: {args.curve_authorized_keys!r} is not a directory"
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "keygen":
+        return keygen(list(argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -109,6 +185,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for root in args.allow_paths:
             if not os.path.isabs(root):
                 problem = f"--allow-path needs an absolute directory, not {root!r}"
+    if problem is None:
+        problem = _check_curve(args)
     if problem is not None:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
@@ -119,7 +197,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     transport=args.transport, socket_path=args.socket_path,
                     allow_paths=args.allow_paths, max_message_size=args.max_message_size,
                     sync=args.sync, workers=args.workers, unmount_after=args.unmount_after,
-                    ready_file=args.ready_file)
+                    ready_file=args.ready_file, max_keys=args.max_keys, max_items=args.max_items,
+                    max_reply_size=args.max_reply_size,
+                    curve_secret_key=args.curve_secret_key,
+                    curve_authorized_keys=args.curve_authorized_keys)
     server = Server(config)
     server.install_signal_handlers()  # a SIGTERM during startup stops it as cleanly
     try:

@@ -27,7 +27,9 @@ import zmq
 
 from .. import protocol
 from ..protocol import ErrorCode, ProtocolError, encode_error_reply
-from .handlers import Dispatcher
+from ..security import load_key_pair
+from .handlers import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE,
+                       Dispatcher)
 from .store import Store
 
 __all__ = ["Config", "Server"]
@@ -55,6 +57,14 @@ class Config:
     workers: int = 2
     unmount_after: float = 600.0
     ready_file: Optional[str] = None
+    max_keys: int = DEFAULT_MAX_KEYS
+    max_items: int = DEFAULT_MAX_ITEMS
+    max_reply_size: int = DEFAULT_MAX_REPLY_SIZE
+    #: a ZeroMQ secret certificate file (elevator-server keygen): turns CURVE on
+    curve_secret_key: Optional[str] = None
+    #: a directory of authorized clients' public certificates (NAME.key), or "*": any
+    #: client that knows the server's public key (encryption without authentication)
+    curve_authorized_keys: Optional[str] = None
 
     def endpoint(self) -> str:
         if self.transport == "ipc":
@@ -108,7 +118,13 @@ class Server:
         self.config = config
         self.store = Store(config.data_dir, allowed_roots=config.allow_paths, sync=config.sync)
         self.dispatcher = Dispatcher(self.store, max_message_size=config.max_message_size,
-                                     sync=config.sync)
+                                     sync=config.sync, max_keys=config.max_keys,
+                                     max_items=config.max_items,
+                                     max_reply_size=config.max_reply_size)
+        if (config.curve_secret_key is None) != (config.curve_authorized_keys is None):
+            raise ValueError("CURVE needs both curve_secret_key and curve_authorized_keys")
+        self._auth: Any = None
+        self._reload_keys = threading.Event()
         self.endpoint: Optional[str] = None
         self._stop = threading.Event()
         self._ctx: Optional[zmq.Context] = None
@@ -126,6 +142,16 @@ class Server:
         self.store.load()
         ctx = self._ctx = zmq.Context()
         front = self._front = ctx.socket(zmq.ROUTER)
+        if self.config.curve_secret_key is not None:
+            try:
+                self._enable_curve(ctx, front)
+            except BaseException:
+                front.close(0)
+                if self._auth is not None:
+                    self._auth.stop()
+                ctx.term()
+                self.store.close_all()
+                raise
         limit = self.config.max_message_size
         # A frame far beyond the limit is refused by libzmq before it is buffered (the peer is
         # disconnected); one a little over it reaches decode_request, which answers REQUEST.
@@ -156,17 +182,52 @@ class Server:
                  len(self.store.list()), self.config.workers, self.config.unmount_after or "never",
                  "; sync writes" if self.config.sync else "")
         if self.config.transport == "tcp" and self.config.bind not in ("127.0.0.1", "::1",
-                                                                       "localhost"):
-            log.warning("listening beyond loopback on %s: the protocol has no authentication, "
-                        "anyone who reaches this port can read, write and drop databases",
+                                                                       "localhost") \
+                and self.config.curve_secret_key is None:
+            log.warning("listening beyond loopback on %s without CURVE: anyone who reaches "
+                        "this port can read, write and drop databases (see --curve-secret-key)",
                         self.endpoint)
         if self.config.ready_file:
             _write_atomically(self.config.ready_file, self.endpoint + "\n")
         return self.endpoint
 
+    def _enable_curve(self, ctx: zmq.Context, front: zmq.Socket) -> None:
+        """CURVE on the ROUTER socket, and a ZAP handler that checks client keys."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        public, secret = load_key_pair(self.config.curve_secret_key)  # type: ignore[arg-type]
+        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("elevator.auth"))
+        self._auth.start()
+        self._configure_keys()
+        front.curve_secretkey = secret
+        front.curve_publickey = public
+        front.curve_server = True
+        log.info("CURVE on: server public key %s", public.decode())
+
+    def _configure_keys(self) -> None:
+        """(Re)load the authorized client keys (at start and on SIGHUP)."""
+        from zmq.auth import CURVE_ALLOW_ANY, load_certificates
+
+        location = self.config.curve_authorized_keys
+        assert location is not None and self._auth is not None
+        if location == CURVE_ALLOW_ANY:
+            log.warning("CURVE with --curve-authorized-keys '*': traffic is encrypted, but "
+                        "any client that knows the server's public key gets in")
+        else:
+            count = len(load_certificates(location))  # raises OSError for a missing dir
+            log.info("CURVE: %d authorized client keys in %s", count, location)
+            if not count:
+                log.warning("no client key (*.key) in %s: every client will be refused",
+                            location)
+        self._auth.configure_curve(domain="*", location=location)
+
     def stop(self) -> None:
         """Ask the loop to stop: it answers what is in flight, then closes everything."""
         self._stop.set()
+
+    def reload_keys(self) -> None:
+        """Ask the loop to reload the authorized client keys (what SIGHUP does)."""
+        self._reload_keys.set()
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, frame: Any) -> None:
@@ -174,6 +235,10 @@ class Server:
             self.stop()
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        if self.config.curve_secret_key is not None:
+            def on_hup(signum: int, frame: Any) -> None:
+                self.reload_keys()
+            signal.signal(signal.SIGHUP, on_hup)
 
     # ---------------------------------------------------------------- the loop
 
@@ -194,6 +259,12 @@ class Server:
                     self._read_requests(front, _BURST)
                 if results is not None and results in events:
                     self._forward_replies(front, results, _BURST)
+                if self._reload_keys.is_set():
+                    self._reload_keys.clear()
+                    try:
+                        self._configure_keys()
+                    except OSError as exc:
+                        log.error("reloading the authorized keys: %s (keeping the old ones)", exc)
                 if next_tick is not None and time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + tick  # type: ignore[operator]
                     for name in self.store.unmount_idle(unmount_after):
@@ -323,6 +394,8 @@ class Server:
         if self._front is not None:
             self._front.close()  # LINGER lets the last replies go out
         self.store.close_all()
+        if self._auth is not None:
+            self._auth.stop()
         if self._ctx is not None:
             self._ctx.term()
         if self.config.transport == "ipc" and self.endpoint:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import plyvel
@@ -23,12 +23,32 @@ from ..protocol import (
     Status, decode_request, encode_error_reply, encode_reply)
 from .store import CommandError, Store
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "DEFAULT_MAX_KEYS", "DEFAULT_MAX_ITEMS", "DEFAULT_MAX_REPLY_SIZE",
+           "MIN_LIMIT"]
 
 log = logging.getLogger("elevator.server")
 
 _SUCCESS = int(Status.SUCCESS)
 _WARNING = int(Status.WARNING)
+
+#: keys of one MGET, ops of one BATCH: a 1M-key MGET is ~40 MB of request, within
+#: the default 64 MiB message size, and bounds the lists a request can make.
+DEFAULT_MAX_KEYS = 1_000_000
+#: items of one RANGE/SLICE reply; larger ranges are paged (the client does it).
+DEFAULT_MAX_ITEMS = 1_000_000
+#: bytes of keys and values in one RANGE/SLICE/MGET reply: what a reply may hold in memory.
+DEFAULT_MAX_REPLY_SIZE = 256 * 1024 * 1024
+#: no limit may be set below this: clients only ask for the limits (LIMITS) before calls
+#: of more than this many keys or items.
+MIN_LIMIT = 1000
+#: items read from a LevelDB iterator between two checks of the limits.
+_CHUNK = 16384
+
+
+def _over_limit(cmd: str, what: str, limit: int, name: str, advice: str) -> CommandError:
+    # "(name)" is how a client recognises an over-limit failure (see LIMITS).
+    return CommandError(f"{cmd}: {what} exceeds the server's limit of {limit} ({name}); {advice}",
+                        ErrorCode.VALUE)
 
 
 def _arity(cmd: str, args: list, low: int, high: Optional[int] = None) -> None:
@@ -80,10 +100,15 @@ class Dispatcher:
     """Decodes a request, runs its command against the :class:`Store`, encodes the reply."""
 
     def __init__(self, store: Store, *, max_message_size: int = protocol.DEFAULT_MAX_MESSAGE_SIZE,
-                 sync: bool = False) -> None:
+                 sync: bool = False, max_keys: int = DEFAULT_MAX_KEYS,
+                 max_items: int = DEFAULT_MAX_ITEMS,
+                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE) -> None:
         self.store = store
         self.max_message_size = max_message_size
         self.sync = sync
+        self.max_keys = max_keys
+        self.max_items = max_items
+        self.max_reply_size = max_reply_size
         self._data: Dict[str, Callable[[plyvel.DB, list], Tuple[int, Any]]] = {
             protocol.GET: self._get, protocol.MGET: self._mget, protocol.PUT: self._put,
             protocol.DELETE: self._delete, protocol.EXISTS: self._exists,
@@ -94,6 +119,7 @@ class Dispatcher:
             protocol.DBMOUNT: self._dbmount, protocol.DBUMOUNT: self._dbumount,
             protocol.DBCREATE: self._dbcreate, protocol.DBDROP: self._dbdrop,
             protocol.DBLIST: self._dblist, protocol.DBREPAIR: self._dbrepair,
+            protocol.LIMITS: self._limits,
         }
 
     # ------------------------------------------------------------------ entry
@@ -182,14 +208,57 @@ class Dispatcher:
         fill_cache = bool(args[1]) if len(args) > 1 else False
         if not keys:
             return _SUCCESS, []
+        if len(keys) > self.max_keys:
+            raise _over_limit("MGET", f"{len(keys)} keys", self.max_keys, "max_keys",
+                              "split the keys into several MGETs")
         # One snapshot: every value read at the same instant. map() keeps the loop in C;
-        # plyvel raises TypeError for a non-bytes key.
+        # plyvel raises TypeError for a non-bytes key. Read in chunks so that the reply's
+        # size is checked before it can outgrow max_reply_size.
         snapshot = db.snapshot()
+        get = functools.partial(snapshot.get, fill_cache=fill_cache)
         try:
-            values = list(map(functools.partial(snapshot.get, fill_cache=fill_cache), keys))
+            if len(keys) <= _CHUNK:
+                values = list(map(get, keys))
+                self._check_reply_size("MGET", sum(map(len, filter(None, values))))
+            else:
+                values = []
+                size = 0
+                for i in range(0, len(keys), _CHUNK):
+                    chunk = list(map(get, keys[i:i + _CHUNK]))
+                    size += sum(map(len, filter(None, chunk)))
+                    self._check_reply_size("MGET", size)
+                    values.extend(chunk)
         finally:
             snapshot.close()
         return (_WARNING if None in values else _SUCCESS), values
+
+    def _check_reply_size(self, cmd: str, size: int) -> None:
+        if size > self.max_reply_size:
+            raise _over_limit(cmd, "the reply's keys and values (more than "
+                              f"{self.max_reply_size} bytes)", self.max_reply_size,
+                              "max_reply_size", "ask for fewer items at a time")
+
+    def _collect(self, cmd: str, it: Any, count: Optional[int], pairs: bool) -> list:
+        """At most ``count`` items (None: all) of a plyvel iterator, within the limits.
+
+        Reads ``max_items + 1`` items at most and checks the reply's size every chunk,
+        so an over-limit request costs a bounded amount of memory and then fails.
+        """
+        limit = self.max_items
+        want = (limit + 1) if count is None else min(count, limit + 1)
+        out: list = []
+        size = 0
+        while len(out) < want:
+            chunk = list(islice(it, min(_CHUNK, want - len(out))))
+            if not chunk:
+                break
+            out.extend(chunk)
+            size += sum(map(len, chain.from_iterable(chunk) if pairs else chunk))
+            self._check_reply_size(cmd, size)
+        if len(out) > limit:
+            raise _over_limit(cmd, f"a reply of more than {limit} items", limit, "max_items",
+                              "page through the range with SLICE")
+        return out
 
     def _put(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
         _arity("PUT", args, 2)
@@ -224,7 +293,7 @@ class Dispatcher:
         it = db.iterator(start=key_from, stop=key_to, include_stop=include_stop,
                          include_key=include_key, include_value=include_value)
         try:
-            return _SUCCESS, list(it)
+            return _SUCCESS, self._collect("RANGE", it, None, include_key and include_value)
         finally:
             it.close()
 
@@ -241,7 +310,7 @@ class Dispatcher:
         include_value = _flag(args[3], "include_value") if len(args) > 3 else True
         it = db.iterator(start=key_from, include_key=include_key, include_value=include_value)
         try:
-            return _SUCCESS, list(islice(it, count))
+            return _SUCCESS, self._collect("SLICE", it, count, include_key and include_value)
         finally:
             it.close()
 
@@ -251,6 +320,9 @@ class Dispatcher:
         if not isinstance(ops, list):
             raise CommandError(f"BATCH ops must be an array, not {type(ops).__name__}",
                                ErrorCode.TYPE)
+        if len(ops) > self.max_keys:
+            raise _over_limit("BATCH", f"{len(ops)} operations", self.max_keys, "max_keys",
+                              "a batch is atomic: write several smaller batches")
         # A WriteBatch is only buffered until write(): a bad op anywhere means nothing is written.
         wb = db.write_batch(sync=self.sync)
         put, delete = wb.put, wb.delete
@@ -288,6 +360,11 @@ class Dispatcher:
 
     def _ping(self, uid: Optional[str], args: list) -> Any:
         return ["PONG"]
+
+    def _limits(self, uid: Optional[str], args: list) -> Any:
+        _arity("LIMITS", args, 0)
+        return {"max_message_size": self.max_message_size, "max_keys": self.max_keys,
+                "max_items": self.max_items, "max_reply_size": self.max_reply_size}
 
     def _dbconnect(self, uid: Optional[str], args: list) -> Any:
         _arity("DBCONNECT", args, 1)
