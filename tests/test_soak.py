@@ -1,0 +1,29 @@
+"""Soak (slow, not in the default run: ``pytest -m slow tests/test_soak.py -s``):
+1,000,000 mixed operations from 32 threads through one pool, one server SIGKILL+restart
+midway; fds, TCP connections and RSS of client and server must stay flat (tolerances in
+benchmarks/soak.py: check_flat). ``SOAK_OPS`` sets another size."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks/ is a top-level package of the checkout, not installed
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.soak import check_flat, run  # noqa: E402
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_soak_one_million_ops_32_threads_one_restart_nothing_leaks(tmp_path):
+    ops = int(os.environ.get("SOAK_OPS", "1000000"))
+    result = run(ops, 32, restart=True, data_dir=str(tmp_path))
+    assert result["ops"] == ops // 32 * 32
+    assert result["wrong_count"] == 0, result["wrong"]
+    assert result["errors"] == {}, result["errors"]  # the restart is ridden out by retries
+    assert result["pool"]["retries"] > 0  # the restart really hit requests in flight
+    assert check_flat(result) == [], result["snapshots"]
