@@ -60,6 +60,11 @@ DB_COMMANDS = frozenset({PING, DBCONNECT, DBMOUNT, DBUMOUNT, DBCREATE, DBDROP, D
                          LIMITS})
 ALL_COMMANDS = DATA_COMMANDS | DB_COMMANDS
 
+# Streamed replies (extension): the request's meta key (items per reply), and the
+# header key of every reply of the stream but the last.
+STREAM = "stream"
+MORE = "more"
+
 # WriteBatch op codes.
 BATCH_DELETE = 0
 BATCH_PUT = 1
@@ -125,9 +130,17 @@ def decompress(data: bytes) -> bytes:
 # ------------------------------------------------------------------- requests
 
 def encode_request(cmd: str, args: Sequence = (), uid: Optional[str] = None, *,
-                   id: Any = None, compression: bool = False) -> bytes:
-    """One request frame. ``id`` (extension) is echoed by this project's server."""
+                   id: Any = None, compression: bool = False, stream: int = 0) -> bytes:
+    """One request frame. ``id`` (extension) is echoed by this project's server.
+
+    ``stream`` (extension, RANGE and SLICE, with an ``id``): ask this project's server to
+    send the items as several replies of at most ``stream`` items each, from one
+    iterator (one snapshot), every reply but the last with ``more: true`` in its
+    header. A server that does not know it sends one reply, which is then the last.
+    """
     meta: dict = {}
+    if stream:
+        meta[STREAM] = stream
     if id is not None:
         meta["id"] = id
     if compression:
@@ -206,10 +219,14 @@ def decode_request(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Re
 # -------------------------------------------------------------------- replies
 
 def encode_reply(datas: Any, *, status: int = Status.SUCCESS, compression: bool = False,
-                 id: Any = None, err_msg: Optional[str] = None) -> List[bytes]:
-    """The two reply frames ``[header, content]`` of a successful (or warning) reply."""
+                 id: Any = None, err_msg: Optional[str] = None,
+                 more: bool = False) -> List[bytes]:
+    """The two reply frames ``[header, content]`` of a successful (or warning) reply.
+    ``more``: a page of a streamed reply that other pages follow (see encode_request)."""
     header = {"status": int(status), "err_code": None, "err_msg": err_msg,
               "compression": bool(compression)}
+    if more:
+        header[MORE] = True
     if id is not None:
         header["id"] = id
     content = msgpack.packb({"datas": datas}, use_bin_type=True)
