@@ -37,6 +37,7 @@ __all__ = ["Config", "Server"]
 log = logging.getLogger("elevator.server")
 
 _RESULTS = "inproc://elevator-results"
+_MORE = b"more"  # the worker's mark on a streamed page that is not the last (never sent out)
 _TICK = 0.1            # seconds between checks of the stop flag and idle databases
 _BURST = 256           # requests read per wake-up before looking at worker replies
 _BIG_FRAME = 16 * 1024  # request frames above this are decoded on a worker
@@ -338,7 +339,10 @@ class Server:
             except zmq.Again:
                 break
             n += 1
-            self._in_flight -= 1
+            if len(frames) == 4:  # a page of a streamed reply that more pages follow
+                frames.pop()
+            else:
+                self._in_flight -= 1
             front.send_multipart(frames, copy=False)
         return n
 
@@ -356,14 +360,16 @@ class Server:
                 ident, payload = task
                 try:
                     with self._gc_paused:
-                        if isinstance(payload, protocol.Request):
-                            reply = dispatcher.run(payload)
-                        else:
-                            reply = dispatcher.handle(payload)
-                except BaseException as exc:  # pragma: no cover - run/handle never raise
+                        # One reply, or the pages of a streamed RANGE/SLICE, each sent as
+                        # soon as it is packed; all but the last carry _MORE for the
+                        # forwarder, which counts a request answered at its last reply.
+                        for reply, last in dispatcher.replies(payload):
+                            out.send_multipart([ident, *reply] if last
+                                               else [ident, *reply, _MORE], copy=False)
+                except BaseException as exc:  # pragma: no cover - replies() never raises
                     log.exception("worker failed")
-                    reply = encode_error_reply(ErrorCode.RUNTIME, f"internal error: {exc}")
-                out.send_multipart([ident, *reply], copy=False)
+                    out.send_multipart([ident, *encode_error_reply(
+                        ErrorCode.RUNTIME, f"internal error: {exc}")], copy=False)
         finally:
             out.close()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from itertools import chain, islice
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import plyvel
 
@@ -43,6 +43,8 @@ DEFAULT_MAX_REPLY_SIZE = 256 * 1024 * 1024
 MIN_LIMIT = 1000
 #: items read from a LevelDB iterator between two checks of the limits.
 _CHUNK = 16384
+#: the commands whose reply may be streamed (protocol.STREAM)
+_STREAMABLE = frozenset({protocol.RANGE, protocol.SLICE})
 
 
 def _over_limit(cmd: str, what: str, limit: int, name: str, advice: str) -> CommandError:
@@ -139,26 +141,28 @@ class Dispatcher:
             return encode_error_reply(ErrorCode.REQUEST, f"undecodable request: {exc}")
         return self.run(request)
 
+    def replies(self, payload: Any) -> Iterator[Tuple[List[bytes], bool]]:
+        """``(reply frames, is_last)`` for a request frame or a decoded Request: one reply,
+        or the pages of a streamed RANGE/SLICE (:meth:`run_stream`). Never raises."""
+        if not isinstance(payload, protocol.Request):
+            try:
+                payload = decode_request(payload, self.max_message_size)
+            except Exception:
+                yield self.handle(payload), True  # the same failure reply as handle's
+                return
+        page = self.stream_page(payload)
+        if not page:
+            yield self.run(payload), True
+            return
+        yield from self.run_stream(payload, page)
+
     def run(self, request: protocol.Request) -> List[bytes]:
         """The reply frames for a decoded request. Never raises."""
         rid = request.id
         try:
             status, datas = self._execute(request)
-        except CommandError as exc:
-            return encode_error_reply(exc.code, str(exc), id=rid)
-        except ProtocolError as exc:
-            return encode_error_reply(exc.code, str(exc), id=rid)
-        except TypeError as exc:  # plyvel's answer to a non-bytes key or value
-            return encode_error_reply(ErrorCode.TYPE, f"{request.cmd}: {exc}", id=rid)
-        except plyvel.Error as exc:
-            return encode_error_reply(ErrorCode.DATABASE, f"{request.cmd}: {exc}", id=rid)
-        except (ValueError, OverflowError) as exc:
-            return encode_error_reply(ErrorCode.VALUE, f"{request.cmd}: {exc}", id=rid)
-        except OSError as exc:
-            return encode_error_reply(ErrorCode.OS, f"{request.cmd}: {exc}", id=rid)
         except Exception as exc:
-            log.exception("%s failed", request.cmd)
-            return encode_error_reply(ErrorCode.RUNTIME, f"{request.cmd}: {exc}", id=rid)
+            return self._failure(request, exc)
         try:
             return encode_reply(datas, status=status, compression=request.compression, id=rid)
         except CompressionUnavailable:
@@ -167,6 +171,97 @@ class Dispatcher:
         except Exception as exc:  # e.g. a result msgpack cannot pack
             log.exception("encoding the reply of %s", request.cmd)
             return encode_error_reply(ErrorCode.RUNTIME, f"{request.cmd}: {exc}", id=rid)
+
+    @staticmethod
+    def _failure(request: protocol.Request, exc: Exception) -> List[bytes]:
+        """The failure reply for an exception raised while running ``request``."""
+        rid, cmd = request.id, request.cmd
+        if isinstance(exc, (CommandError, ProtocolError)):
+            return encode_error_reply(exc.code, str(exc), id=rid)
+        if isinstance(exc, TypeError):  # plyvel's answer to a non-bytes key or value
+            return encode_error_reply(ErrorCode.TYPE, f"{cmd}: {exc}", id=rid)
+        if isinstance(exc, plyvel.Error):
+            return encode_error_reply(ErrorCode.DATABASE, f"{cmd}: {exc}", id=rid)
+        if isinstance(exc, (ValueError, OverflowError)):
+            return encode_error_reply(ErrorCode.VALUE, f"{cmd}: {exc}", id=rid)
+        if isinstance(exc, OSError):
+            return encode_error_reply(ErrorCode.OS, f"{cmd}: {exc}", id=rid)
+        log.error("%s failed", cmd, exc_info=exc)
+        return encode_error_reply(ErrorCode.RUNTIME, f"{cmd}: {exc}", id=rid)
+
+    # -------------------------------------------------------- streamed replies
+
+    def stream_page(self, request: protocol.Request) -> int:
+        """Items per reply when ``request`` asks for a streamed reply this server gives
+        (RANGE or SLICE with ``meta.stream`` and an id); 0 for one reply."""
+        if request.cmd not in _STREAMABLE or request.id is None:
+            return 0
+        page = request.meta.get(protocol.STREAM)
+        if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+            return 0
+        return min(page, self.max_items)
+
+    def run_stream(self, request: protocol.Request,
+                   page: int) -> Iterator[Tuple[List[bytes], bool]]:
+        """``(reply frames, is_last)`` of a streamed RANGE/SLICE: pages of at most ``page``
+        items read from ONE iterator (one snapshot, as the single reply), each yielded as
+        soon as it is packed, every one but the last marked ``more``; so the client decodes
+        page n while page n+1 is read. The limits of the single reply apply to the whole
+        stream. Never raises: an error ends the stream with a failure reply."""
+        pages = self._pages(request, page)
+        compression = request.compression
+        while True:
+            try:
+                chunk, last = next(pages)
+            except StopIteration:  # pragma: no cover - _pages always ends with last=True
+                return
+            except Exception as exc:
+                yield self._failure(request, exc), True
+                return
+            try:
+                frames = encode_reply(chunk, compression=compression, id=request.id,
+                                      more=not last)
+            except CompressionUnavailable:
+                compression = False  # the header says so; the client honours it
+                frames = encode_reply(chunk, id=request.id, more=not last)
+            yield frames, last
+            if last:
+                pages.close()
+                return
+
+    def _pages(self, request: protocol.Request, page: int) -> Iterator[Tuple[list, bool]]:
+        cmd, uid, args = request.cmd, request.uid, request.args
+        if not uid:
+            raise CommandError(f"{cmd} needs the uid of a database (DBCONNECT gives it)",
+                               ErrorCode.REQUEST)
+        store = self.store
+        db = store.acquire(uid)
+        try:
+            if cmd == protocol.RANGE:
+                it, pairs = self._range_iterator(db, args)
+                count = None
+            else:
+                it, count, pairs = self._slice_iterator(db, args)
+            try:
+                limit = self.max_items
+                sent = 0
+                while True:
+                    want = page if count is None else min(page, count - sent)
+                    chunk = list(islice(it, want)) if want > 0 else []
+                    sent += len(chunk)
+                    if sent > limit:
+                        raise _over_limit(cmd, f"a reply of more than {limit} items", limit,
+                                          "max_items", "page through the range with SLICE")
+                    self._check_reply_size(
+                        cmd, sum(map(len, chain.from_iterable(chunk) if pairs else chunk)))
+                    last = len(chunk) < want or (count is not None and sent >= count)
+                    yield chunk, last
+                    if last:
+                        return
+            finally:
+                it.close()
+        finally:
+            store.release(uid)
 
     def _execute(self, request: protocol.Request) -> Tuple[int, Any]:
         cmd, uid, args = request.cmd, request.uid, request.args
@@ -275,7 +370,8 @@ class Dispatcher:
         # [false], not the original's bare false: every answer has the same shape.
         return _SUCCESS, [db.get(_key(args[0])) is not None]
 
-    def _range(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+    def _range_iterator(self, db: plyvel.DB, args: list) -> Tuple[Any, bool]:
+        """RANGE's plyvel iterator, and whether it yields pairs."""
         _arity("RANGE", args, 2, 5)
         key_from = _opt_key(args[0], "key_from")
         key_to = _opt_key(args[1], "key_to")
@@ -292,12 +388,17 @@ class Dispatcher:
                 key_to, include_stop = end, False
         it = db.iterator(start=key_from, stop=key_to, include_stop=include_stop,
                          include_key=include_key, include_value=include_value)
+        return it, include_key and include_value
+
+    def _range(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+        it, pairs = self._range_iterator(db, args)
         try:
-            return _SUCCESS, self._collect("RANGE", it, None, include_key and include_value)
+            return _SUCCESS, self._collect("RANGE", it, None, pairs)
         finally:
             it.close()
 
-    def _slice(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+    def _slice_iterator(self, db: plyvel.DB, args: list) -> Tuple[Any, int, bool]:
+        """SLICE's plyvel iterator, its count, and whether it yields pairs."""
         _arity("SLICE", args, 2, 4)
         key_from = _opt_key(args[0], "key_from")
         count = args[1]
@@ -309,8 +410,12 @@ class Dispatcher:
         include_key = _flag(args[2], "include_key") if len(args) > 2 else True
         include_value = _flag(args[3], "include_value") if len(args) > 3 else True
         it = db.iterator(start=key_from, include_key=include_key, include_value=include_value)
+        return it, count, include_key and include_value
+
+    def _slice(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+        it, count, pairs = self._slice_iterator(db, args)
         try:
-            return _SUCCESS, self._collect("SLICE", it, count, include_key and include_value)
+            return _SUCCESS, self._collect("SLICE", it, count, pairs)
         finally:
             it.close()
 
