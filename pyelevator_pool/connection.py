@@ -223,7 +223,7 @@ class Connection:
                 return
 
     def request(self, cmd: str, args: Sequence, uid: Optional[str] = None, *,
-                timeout: float, compression: bool = False) -> Reply:
+                timeout: float, compression: bool = False, stream: int = 0) -> Reply:
         """Send one request and return its reply (a failure reply is returned, not raised).
 
         Raises ElevatorTimeout (no reply within ``timeout`` seconds; ``request_sent``
@@ -231,9 +231,16 @@ class Connection:
         after the request was sent), ProtocolError (a malformed reply; the socket is
         tainted), AuthenticationError (the security handshake was refused: a CURVE key
         the server does not accept, or CURVE on one side only; never sent, not retried).
+
+        ``stream`` (RANGE/SLICE): let the server send the items as pages of at most this
+        many, decoded here as they arrive while the server reads the next ones; the
+        Reply's datas is then every page's items in order, as one reply would have them
+        (a server that does not stream just sends that one reply). ``timeout`` covers
+        the whole stream.
         """
         rid = next(self._ids)
-        frame = protocol.encode_request(cmd, args, uid, id=rid, compression=compression)
+        frame = protocol.encode_request(cmd, args, uid, id=rid, compression=compression,
+                                        stream=stream)
         sock = self.socket
         start = time.monotonic()
         deadline = start + timeout
@@ -257,6 +264,8 @@ class Connection:
                                          request_sent=False) from exc
         finally:
             self.last_used = time.monotonic()
+        if stream and head.get(protocol.MORE):
+            return self._receive_stream(cmd, rid, head, content, deadline, timeout)
         try:
             status = head.get("status")
             err_msg = head.get("err_msg")
@@ -273,6 +282,42 @@ class Connection:
             self.is_tainted = True
             raise errors.ProtocolError(f"{cmd}: malformed reply from {self.endpoint}: {exc}") from None
         return Reply(status, None, err_msg, rid, datas)
+
+    def _receive_stream(self, cmd: str, rid: int, head: dict, content: bytes, deadline: float,
+                        timeout: float) -> Reply:
+        """The pages of a streamed reply, the first one already received: each decoded
+        while the server reads the next; the GC stays paused until the last (one
+        collection afterwards, not one per page). A failure page ends the stream."""
+        items: list = []
+        status = protocol.Status.SUCCESS
+        with gc_paused():
+            while True:
+                try:
+                    page_status = head.get("status")
+                    if page_status == protocol.Status.FAILURE:
+                        return Reply(page_status, head.get("err_code"), head.get("err_msg"),
+                                     rid, None)
+                    if page_status not in (1, -2):
+                        raise protocol.ProtocolError(f"unknown status {page_status!r}")
+                    if page_status == protocol.Status.WARNING:
+                        status = page_status
+                    page = protocol.decode_content(content, bool(head.get("compression")))
+                    if not isinstance(page, list):
+                        raise protocol.ProtocolError("a streamed page is not an array")
+                except protocol.ProtocolError as exc:
+                    self.is_tainted = True
+                    raise errors.ProtocolError(
+                        f"{cmd}: malformed reply from {self.endpoint}: {exc}") from None
+                items.extend(page)
+                if not head.get(protocol.MORE):
+                    return Reply(status, None, head.get("err_msg"), rid, items)
+                try:
+                    head, content = self._receive(cmd, rid, deadline, timeout)
+                except zmq.ZMQError as exc:
+                    self.is_tainted = True
+                    raise errors.ConnectionError(f"{cmd} to {self.endpoint}: {exc}") from exc
+                finally:
+                    self.last_used = time.monotonic()
 
     def _receive(self, cmd: str, rid: int, deadline: float, timeout: float) -> list:
         sock = self.socket

@@ -316,9 +316,10 @@ class ElevatorPool:
 
     def request(self, cmd: str, args: Sequence, uid: Optional[str] = None, *,
                 timeout: Optional[float] = None, compression: bool = False,
-                idempotent: bool = True, is_write: bool = False) -> Reply:
+                idempotent: bool = True, is_write: bool = False, stream: int = 0) -> Reply:
         """Send one request on a pooled socket and return its reply, retrying transport
-        failures under the pool's :class:`RetryPolicy`.
+        failures under the pool's :class:`RetryPolicy`. ``stream``: see
+        :meth:`Connection.request`.
 
         ``timeout`` (default the pool's) bounds everything: checkout, send, receive and
         retries. ``idempotent``/``is_write`` tell the policy whether a request whose
@@ -327,10 +328,10 @@ class ElevatorPool:
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
-            return self._attempt(cmd, args, uid, deadline, compression)
+            return self._attempt(cmd, args, uid, deadline, compression, stream)
         except errors.TransportError as exc:
             return self.retry.call_after_failure(
-                exc, lambda: self._attempt(cmd, args, uid, deadline, compression),
+                exc, lambda: self._attempt(cmd, args, uid, deadline, compression, stream),
                 deadline=deadline, idempotent=idempotent, is_write=is_write,
                 describe=f"{cmd} to {self.endpoint}", on_retry=self._count_retry)
 
@@ -339,24 +340,24 @@ class ElevatorPool:
             self._retries += 1
 
     def _attempt(self, cmd: str, args: Sequence, uid: Optional[str], deadline: float,
-                 compression: bool) -> Reply:
+                 compression: bool, stream: int = 0) -> Reply:
         pin = self._local.__dict__.get("pin")
         if pin is not None and self._pid == os.getpid():
             if pin.conn.is_tainted:
                 pin.conn = self._replace_pinned(pin.conn)
-            return self._send(pin.conn, cmd, args, uid, deadline, compression)
+            return self._send(pin.conn, cmd, args, uid, deadline, compression, stream)
         remaining = deadline - time.monotonic()
         conn = self.checkout(min(self.checkout_timeout, max(remaining, 0.0)))
         try:
-            return self._send(conn, cmd, args, uid, deadline, compression)
+            return self._send(conn, cmd, args, uid, deadline, compression, stream)
         finally:
             self.checkin(conn)
 
     def _send(self, conn: Connection, cmd: str, args: Sequence, uid: Optional[str],
-              deadline: float, compression: bool) -> Reply:
+              deadline: float, compression: bool, stream: int = 0) -> Reply:
         try:
             return conn.request(cmd, args, uid, timeout=max(deadline - time.monotonic(), 0.0),
-                                compression=compression)
+                                compression=compression, stream=stream)
         except errors.ElevatorTimeout:
             with self._lock:
                 self._timeouts += 1
