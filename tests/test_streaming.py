@@ -114,3 +114,19 @@ def test_a_late_stream_is_not_taken_for_the_next_reply(server, loaded):
         assert reply.datas == [pairs[3][1]]
     finally:
         client.pool.checkin(conn)
+
+
+def test_a_page_over_max_reply_size_ends_the_stream_with_the_limit_error(tmp_path):
+    with ServerProcess(str(tmp_path), args=["--max-reply-size", "20000"]) as srv, \
+            RawClient(srv.endpoint) as raw:
+        uid = raw.uid()
+        ops = [[1, b"%05d" % i, b"x" * 100] for i in range(1000)]
+        assert raw.call(protocol.BATCH, [ops], uid).status == 1
+        single = raw.call(protocol.RANGE, [None, None], uid, id=1)
+        small = _stream(raw, protocol.RANGE, [None, None, True, True, None], uid, 50)
+        big = _stream(raw, protocol.RANGE, [None, None, True, True, None], uid, 500)
+    assert single.status == protocol.Status.FAILURE
+    assert [r.status for _, r in small] == [1] * len(small)  # 50 items of ~110 bytes fit
+    assert sum(len(r.datas) for _, r in small) == 1000
+    assert len(big) == 1 and big[0][1].status == protocol.Status.FAILURE
+    assert big[0][1].err_code == single.err_code

@@ -206,8 +206,9 @@ class Dispatcher:
         """``(reply frames, is_last)`` of a streamed RANGE/SLICE: pages of at most ``page``
         items read from ONE iterator (one snapshot, as the single reply), each yielded as
         soon as it is packed, every one but the last marked ``more``; so the client decodes
-        page n while page n+1 is read. The limits of the single reply apply to the whole
-        stream. Never raises: an error ends the stream with a failure reply."""
+        page n while page n+1 is read. ``max_items`` bounds the whole stream as it bounds
+        the single reply; ``max_reply_size`` bounds each page, each page being one reply.
+        Never raises: an error ends the stream with a failure reply."""
         pages = self._pages(request, page)
         compression = request.compression
         while True:
@@ -224,6 +225,12 @@ class Dispatcher:
             except CompressionUnavailable:
                 compression = False  # the header says so; the client honours it
                 frames = encode_reply(chunk, id=request.id, more=not last)
+            if len(frames[1]) > self.max_reply_size:
+                yield self._failure(request, _over_limit(
+                    request.cmd, f"a page of more than {self.max_reply_size} bytes",
+                    self.max_reply_size, "max_reply_size", "ask for smaller pages")), True
+                pages.close()
+                return
             yield frames, last
             if last:
                 pages.close()
@@ -252,8 +259,8 @@ class Dispatcher:
                     if sent > limit:
                         raise _over_limit(cmd, f"a reply of more than {limit} items", limit,
                                           "max_items", "page through the range with SLICE")
-                    self._check_reply_size(
-                        cmd, sum(map(len, chain.from_iterable(chunk) if pairs else chunk)))
+                    # Each page is one reply: run_stream checks its packed size against
+                    # max_reply_size (free, where summing 20k lengths costs ~0.4 ms).
                     last = len(chunk) < want or (count is not None and sent >= count)
                     yield chunk, last
                     if last:
