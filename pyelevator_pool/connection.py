@@ -223,7 +223,8 @@ class Connection:
                 return
 
     def request(self, cmd: str, args: Sequence, uid: Optional[str] = None, *,
-                timeout: float, compression: bool = False, stream: int = 0) -> Reply:
+                timeout: float, compression: bool = False, stream: int = 0,
+                connect_timeout: Optional[float] = None) -> Reply:
         """Send one request and return its reply (a failure reply is returned, not raised).
 
         Raises ElevatorTimeout (no reply within ``timeout`` seconds; ``request_sent``
@@ -237,6 +238,10 @@ class Connection:
         Reply's datas is then every page's items in order, as one reply would have them
         (a server that does not stream just sends that one reply). ``timeout`` covers
         the whole stream.
+
+        ``connect_timeout``: when no connection can take the request, give up waiting
+        for one after this long (ElevatorTimeout, ``request_sent`` False) instead of
+        the whole ``timeout``, so that a retry policy's ``stop`` is consulted.
         """
         rid = next(self._ids)
         frame = protocol.encode_request(cmd, args, uid, id=rid, compression=compression,
@@ -255,7 +260,8 @@ class Connection:
                 sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
                 # No completed connection yet (just opened, or the server is down).
-                self._await_connection(cmd, deadline, timeout)
+                wait = timeout if connect_timeout is None else min(timeout, connect_timeout)
+                self._await_connection(cmd, start + wait, wait)
                 sock.send(frame, zmq.NOBLOCK)
             head, content = self._receive(cmd, rid, deadline, timeout)
         except zmq.ZMQError as exc:

@@ -88,12 +88,15 @@ class RetryPolicy:
     def call_after_failure(self, first: BaseException, attempt: Callable[[], T], *,
                            deadline: float, idempotent: bool, is_write: bool = False,
                            describe: str = "request",
-                           on_retry: Optional[Callable[[], None]] = None) -> T:
+                           on_retry: Optional[Callable[[], None]] = None,
+                           started: Optional[float] = None) -> T:
         """Go on after ``first``, the failure of a first attempt made without tenacity.
 
         Re-raises ``first`` when it is not retryable. Otherwise retries ``attempt``
         until it succeeds, a non-retryable error is raised, ``stop`` says stop, or
         ``deadline`` (a ``time.monotonic()`` value) is reached; the last error is raised.
+        ``started`` (a ``time.monotonic()`` value, default now): when the call began, so
+        that ``stop_after_delay`` counts the first attempt too.
         """
         if not self.is_retryable(first, idempotent=idempotent, is_write=is_write):
             raise first
@@ -108,6 +111,8 @@ class RetryPolicy:
                         state.attempt_number, exc, state.upcoming_sleep)
 
         def stop(state: tenacity.RetryCallState) -> bool:
+            if started is not None:
+                state.start_time = started  # tenacity starts its clock after attempt 1
             return bool(self.stop(state)) or time.monotonic() >= deadline
 
         retrying = tenacity.Retrying(

@@ -17,6 +17,7 @@ import time
 from typing import Callable, Dict, List, Tuple
 
 import pytest
+import tenacity
 import zmq
 
 from pyelevator_pool import NO_RETRY, Elevator, ElevatorPool, ElevatorTimeout, RetryPolicy, protocol
@@ -134,6 +135,26 @@ def test_server_sigkill_and_restart_under_16_threads_no_wrong_answer_no_lost_wri
     assert lost == [], lost[:10]
     assert stats["in_use"] == 0 and stats["size"] <= 16
     pool.close()
+
+
+def test_retry_stop_is_honoured_while_the_server_is_down(fresh_server, make_pool):
+    """stop_after_delay(0.3) gives up within about connect_timeout of 0.3 s, counted
+    from the call's start, even though the call's own timeout is 10 s."""
+    pool = make_pool(fresh_server.endpoint, timeout=10.0, connect_timeout=0.2,
+                     retry=RetryPolicy(stop=tenacity.stop_after_delay(0.3)))
+    E = Elevator(pool=pool)
+    E.Put("stop/k", "v")
+    fresh_server.kill()
+    started = time.monotonic()
+    with pytest.raises(ElevatorTimeout) as info:
+        E.Put("stop/k2", "v")
+    elapsed = time.monotonic() - started
+    assert info.value.request_sent is False
+    assert elapsed < 0.3 + 0.2 + 0.5 + 1.0  # stop + one connect wait + one backoff + slack
+    assert pool.stats()["retries"] >= 1
+    fresh_server.start()
+    E.Put("stop/k3", "v")
+    assert E.MGet(["stop/k", "stop/k3"]) == [b"v", b"v"]
 
 
 def test_request_slower_than_fast_poll_after_a_reconnect_is_not_reported_lost(fresh_server,

@@ -486,6 +486,18 @@ def test_close_while_other_threads_hold_sockets(make_pool):
     assert "closed" in repr(pool)
 
 
+def test_calls_inside_a_pinned_block_raise_pool_closed_after_close(make_pool):
+    pool = make_pool()
+    E = Elevator(pool=pool)
+    E.Put("pinned/k", "v")
+    with pool.connection():
+        assert E.Get("pinned/k") == b"v"
+        pool.close()
+        with pytest.raises(PoolClosed):
+            E.Get("pinned/k")
+    assert pool.stats()["size"] == 0
+
+
 def test_close_wakes_waiting_threads_with_pool_closed(make_pool):
     pool = make_pool(max_size=1, checkout_timeout=JOIN)
     held = pool.checkout()
