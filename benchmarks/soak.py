@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -91,7 +90,6 @@ def run(ops: int = 1_000_000, threads: int = 32, *, restart: bool = True, seed: 
     done = [0] * threads
     errors: Counter = Counter()
     wrong: List[str] = []
-    marks: Dict[str, threading.Event] = {}
     names = [name for name, weight in MIX for _ in range(weight)]
     client = Elevator(endpoint=server.endpoint, max_size=threads, timeout=30.0)
     per_thread = ops // threads

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pyelevator_pool.testing import ServerProcess
+from rawclient import RawClient
 
 
 @pytest.fixture(scope="module")
@@ -23,3 +24,16 @@ def fresh_server(tmp_path):
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """A raw DEALER client (tests/rawclient.py) on the module's server."""
+    with RawClient(server.endpoint) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def uid(client):
+    """The uid of the 'default' database."""
+    return client.uid("default")

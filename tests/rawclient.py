@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import gc
-from typing import Any, List, Optional, Sequence
+import time
+from typing import Any, Callable, List, Optional, Sequence
 
 import zmq
 
@@ -67,3 +68,14 @@ class RawClient:
         assert reply.status == 1, reply
         uid = reply.datas[0]
         return uid.decode() if isinstance(uid, bytes) else uid
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.005) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return predicate()
+        time.sleep(step)

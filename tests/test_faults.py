@@ -23,18 +23,9 @@ import zmq
 from pyelevator_pool import NO_RETRY, Elevator, ElevatorPool, ElevatorTimeout, RetryPolicy, protocol
 from pyelevator_pool.connection import Connection
 
+from rawclient import wait_until
+
 JOIN = 30.0  # seconds: the longest any test thread may take
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.005) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; its last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(step)
 
 
 @pytest.fixture

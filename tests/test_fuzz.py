@@ -23,7 +23,6 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rawclient import RawClient
 
 from pyelevator_pool import errors, protocol
 from pyelevator_pool.connection import Connection
@@ -117,17 +116,6 @@ def huge_length_frames(draw):
               "meta": b"\x84\xa3uid\xc0\xa3cmd\xa4PING\xa4args\x90\xa4meta",
               "uid": b"\x84\xa4meta\x80\xa3cmd\xa3GET\xa4args\x91\xa1k\xa3uid"}[where]
     return prefix + bomb
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with RawClient(server.endpoint) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def uid(client):
-    return client.uid("default")
 
 
 @pytest.fixture(scope="module", autouse=True)

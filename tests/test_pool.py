@@ -20,6 +20,8 @@ from pyelevator_pool import (Elevator, ElevatorPool, PoolClosed, PoolTimeout, Re
                              errors)
 from pyelevator_pool.connection import Connection
 
+from rawclient import wait_until
+
 JOIN = 30.0  # seconds: the longest any test thread may take
 
 
@@ -27,17 +29,6 @@ def established(port: int) -> int:
     """ESTABLISHED TCP connections of this process to ``port`` (the real sockets)."""
     return sum(1 for c in psutil.Process().net_connections(kind="tcp")
                if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port == port)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.005) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; its last answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(step)
 
 
 def run_threads(n: int, target: Callable[[int], None], timeout: float = JOIN) -> List[BaseException]:

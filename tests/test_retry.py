@@ -10,7 +10,7 @@ import random
 import time
 import types
 import warnings
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 import pytest
 import tenacity

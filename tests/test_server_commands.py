@@ -7,23 +7,11 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from rawclient import RawClient
 
 from pyelevator_pool import protocol
 from pyelevator_pool.protocol import ErrorCode, Status
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with RawClient(server.endpoint) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def uid(client):
-    return client.uid("default")
 
 
 def ok(reply):

@@ -27,17 +27,6 @@ commands = st.one_of(st.sampled_from(sorted(protocol.ALL_COMMANDS)), st.text(max
                      st.binary(max_size=10), scalars)
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with RawClient(server.endpoint) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def uid(client):
-    return client.uid("default")
-
-
 def answered(client, frame):
     """Send a frame: a well-formed reply must come back, and PING must still work."""
     reply = client.raw(frame)

@@ -19,7 +19,7 @@ import plyvel
 
 from .. import protocol
 from ..protocol import (
-    BATCH_DELETE, BATCH_PUT, DATA_COMMANDS, CompressionUnavailable, ErrorCode, ProtocolError,
+    BATCH_DELETE, BATCH_PUT, CompressionUnavailable, ErrorCode, ProtocolError,
     Status, decode_request, encode_error_reply, encode_reply)
 from .store import CommandError, Store
 
