@@ -1,8 +1,11 @@
 """Fixtures: a real elevator-server process on a free loopback port in a temporary directory."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from pyelevator_pool import Elevator
 from pyelevator_pool.testing import ServerProcess
 from rawclient import RawClient
 
@@ -37,3 +40,29 @@ def client(server):
 def uid(client):
     """The uid of the 'default' database."""
     return client.uid("default")
+
+
+@pytest.fixture(scope="module")
+def endpoint(server):
+    return server.endpoint
+
+
+@pytest.fixture(scope="module")
+def admin(server):
+    """A client of the module's server, bound to 'default', for database management."""
+    client = Elevator(endpoint=server.endpoint)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def db(admin, request):
+    """A client bound to a fresh database of the test's own on the module's server,
+    sharing the admin client's pool; the database is dropped afterwards."""
+    name = "t_" + re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:80]
+    if name in admin.listdb():
+        admin.dropdb(name)
+    admin.createdb(name)
+    client = Elevator(name, pool=admin.pool)
+    yield client
+    admin.dropdb(name)

@@ -24,25 +24,6 @@ def pairs_for(n: int, tag: bytes = b"v"):
     return ((b"key:%09d" % i, tag + b"-%d" % (i * 7919)) for i in range(n))
 
 
-@pytest.fixture(scope="module")
-def admin(server):
-    client = Elevator(endpoint=server.endpoint)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def db(admin, request):
-    """A client bound to a fresh database of the test's own on the module's server."""
-    name = "bulk_" + request.node.name[:60].replace("[", "_").replace("]", "")
-    if name in admin.listdb():
-        admin.dropdb(name)
-    admin.createdb(name)
-    client = Elevator(name, pool=admin.pool)
-    yield client
-    admin.dropdb(name)
-
-
 class KillAt:
     """A progress callback that, at each threshold, has the server SIGKILLed by another
     thread (at once, while the load goes on, so batches are in flight) and then

@@ -48,29 +48,6 @@ def canonical(fmt: str, pairs) -> bytes:
     return out.encode("utf-8", "surrogateescape")
 
 
-@pytest.fixture(scope="module")
-def endpoint(server):
-    return server.endpoint
-
-
-@pytest.fixture(scope="module")
-def admin(endpoint):
-    client = Elevator(endpoint=endpoint)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def db(admin, request):
-    name = "cli_" + request.node.name[:60].replace("[", "_").replace("]", "")
-    if name in admin.listdb():
-        admin.dropdb(name)
-    admin.createdb(name)
-    client = Elevator(name, pool=admin.pool)
-    yield client
-    admin.dropdb(name)
-
-
 def elevator(endpoint, *args, stdin: bytes = b"", db=None):
     """Run the CLI; returns (exit code, stdout bytes, stderr text)."""
     cmd = [sys.executable, "-m", "pyelevator_pool.cli", "--endpoint", endpoint, "--timeout", "10"]

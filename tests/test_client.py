@@ -18,31 +18,11 @@ from pyelevator_pool import (DatabaseError, Elevator, ElevatorError, ElevatorKey
                              ServerError, SignalError, WriteBatch, errors, protocol)
 
 
-@pytest.fixture(scope="module")
-def endpoint(server):
-    return server.endpoint
-
-
 @pytest.fixture
 def E(endpoint):
     client = Elevator(endpoint=endpoint)
     yield client
     client.close()
-
-
-@pytest.fixture
-def db(endpoint, request):
-    """A client bound to a fresh database of the test's own; dropped afterwards."""
-    name = "t_" + request.node.name.replace("[", "_").replace("]", "")[:80]
-    admin = Elevator(endpoint=endpoint)
-    if name in admin.listdb():
-        admin.dropdb(name)
-    admin.createdb(name)
-    client = Elevator(name, endpoint=endpoint)
-    yield client
-    client.close()
-    admin.dropdb(name)
-    admin.close()
 
 
 # ------------------------------------------------------------ seed: databases
