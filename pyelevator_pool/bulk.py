@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union, cast
 
 from . import errors
 from .client import RANGE_ITER_PAGE, Elevator, Key, to_bytes
@@ -145,7 +145,7 @@ def _build_ops(chunk: List[Any], base: int) -> Tuple[List[tuple], Optional[_BadP
     try:
         return [(BATCH_PUT, k, v) for k, v in chunk], None
     except (TypeError, ValueError):  # not a 2-item pair: find which one, keep those before
-        ops = []
+        ops: List[tuple] = []
         for i, pair in enumerate(chunk):
             try:
                 k, v = pair
@@ -344,10 +344,10 @@ def _run(loader: _Loader, it: Iterator[Any], name: str, batch_size: int, workers
                 loader.tasks.put((seq, offset, ops))
                 seq += 1
                 offset += len(ops)
-            if bad is not None or failed is not None:
+            problem = bad if bad is not None else failed
+            if problem is not None:
                 # After the batches read so far: sequence number past every one of them.
-                loader.fail(seq, bad if bad is not None else failed,  # type: ignore[arg-type]
-                            cancel=False)
+                loader.fail(seq, problem, cancel=False)
                 break
             if len(chunk) < batch_size:
                 break  # the input is exhausted
@@ -363,22 +363,22 @@ def _run(loader: _Loader, it: Iterator[Any], name: str, batch_size: int, workers
     retries = pool.stats()["retries"]
     pairs = loader.prefix_end - skipped
     if interrupt is not None:
-        interrupt.written = loader.prefix_end  # type: ignore[attr-defined]
+        setattr(interrupt, "written", loader.prefix_end)  # a BaseException declares no .written
         raise interrupt
     if loader.failure is not None:
-        exc = loader.failure
-        if isinstance(exc, _BadPair):
-            what = str(exc)
-        elif isinstance(exc, errors.TransportError):
-            what = f"a batch failed after its retries: {type(exc).__name__}: {exc}"
+        failure = loader.failure
+        if isinstance(failure, _BadPair):
+            what = str(failure)
+        elif isinstance(failure, errors.TransportError):
+            what = f"a batch failed after its retries: {type(failure).__name__}: {failure}"
         else:
-            what = f"{type(exc).__name__}: {exc}"
+            what = f"{type(failure).__name__}: {failure}"
         raise BulkLoadError(
             f"bulk load into {name!r} at {pool.endpoint} stopped: {what}; the first "
             f"{loader.prefix_end} input pairs are written (resume with "
             f"skip={loader.prefix_end}); {retries} retries", written=loader.prefix_end,
             pairs=pairs, batches=loader.batches, retries=retries, elapsed=elapsed,
-            bad_index=getattr(exc, "index", None)) from exc
+            bad_index=getattr(failure, "index", None)) from failure
     return LoadReport(pairs=pairs, batches=loader.batches, retries=retries, elapsed=elapsed,
                       rate=pairs / elapsed if elapsed > 0 else 0.0, skipped=skipped)
 
@@ -413,4 +413,5 @@ def dump(client_or_pool: ClientOrPool, start: Optional[Key] = None, stop: Option
     else:
         raise TypeError(f"expected an Elevator or an ElevatorPool, not {type(client_or_pool).__name__}")
     items = client.RangeIter(start, stop, prefix=prefix, page_size=page_size, timeout=timeout)
-    return map(tuple, items)  # type: ignore[arg-type]
+    # RangeIter with keys and values yields [key, value] lists: 2-tuples here.
+    return cast(Iterator[Tuple[Any, Any]], map(tuple, items))

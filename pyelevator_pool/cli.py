@@ -28,7 +28,8 @@ import os
 import sys
 import tempfile
 import time
-from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, NoReturn, Optional, Tuple
+from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List, NoReturn, Optional, Tuple,
+                    TypedDict)
 
 from . import errors
 from .bulk import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, BulkLoadError, dump, load
@@ -40,7 +41,14 @@ PROG = "elevator"
 FORMATS = ("jsonl", "csv", "tsv")
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
                ".tsv": "tsv", ".tab": "tsv"}
-_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+
+class _TextEncoding(TypedDict):
+    encoding: str
+    errors: str
+
+
+_ENCODING: _TextEncoding = {"encoding": "utf-8", "errors": "surrogateescape"}
 DEFAULT_ENDPOINT = "127.0.0.1:4141"
 
 
@@ -93,7 +101,7 @@ def read_pairs(stream: IO[bytes], fmt: str, source: str = "-",
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    text = io.TextIOWrapper(stream, newline="", **_ENCODING)  # type: ignore[arg-type]
+    text = io.TextIOWrapper(stream, newline="", **_ENCODING)
     records = _read_jsonl(text, source) if fmt == "jsonl" \
         else _read_csv(text, source, "," if fmt == "csv" else "\t")
     for item in records:
@@ -280,15 +288,17 @@ def cmd_mget(args: argparse.Namespace) -> int:
     return 0
 
 
-def _range_args(args: argparse.Namespace) -> Dict[str, Optional[bytes]]:
-    return {"start": None if args.start is None else _b(args.start),
-            "stop": None if args.stop is None else _b(args.stop),
-            "prefix": None if args.prefix is None else _b(args.prefix)}
+def _range_args(args: argparse.Namespace
+                ) -> Tuple[Optional[bytes], Optional[bytes], Optional[bytes]]:
+    """``(start, stop, prefix)``, the positional arguments of :func:`dump`."""
+    return (None if args.start is None else _b(args.start),
+            None if args.stop is None else _b(args.stop),
+            None if args.prefix is None else _b(args.prefix))
 
 
 def cmd_range(args: argparse.Namespace) -> int:
     with _client(args) as e, _StdoutText() as out:
-        items: Iterable[Tuple[bytes, bytes]] = dump(e, **_range_args(args))
+        items: Iterable[Tuple[bytes, bytes]] = dump(e, *_range_args(args))
         write = write_pairs(out, args.format)
         for n, (key, value) in enumerate(items):
             if args.limit is not None and n >= args.limit:
@@ -372,10 +382,10 @@ def cmd_load(args: argparse.Namespace) -> int:
                 raise CliError(f"{exc}" + (f" (resume with --skip {written})"
                                            if written else "")) from None
             except KeyboardInterrupt as exc:
-                written = getattr(exc, "written", None)
-                if written is not None:
-                    raise CliError(f"interrupted; the first {written} pairs are written "
-                                   f"(resume with --skip {written})", 130) from None
+                done = getattr(exc, "written", None)  # set by bulk.load
+                if done is not None:
+                    raise CliError(f"interrupted; the first {done} pairs are written "
+                                   f"(resume with --skip {done})", 130) from None
                 raise
     finally:
         if bar is not None:
@@ -408,7 +418,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
                 out = io.open(fd, "w", newline="", **_ENCODING)
             write = write_pairs(out, fmt)
             try:
-                for key, value in dump(e, page_size=args.page_size, **_range_args(args)):
+                for key, value in dump(e, *_range_args(args), page_size=args.page_size):
                     write(key, value)
                     count += 1
                     if bar is not None and count % 1000 == 0:
@@ -494,7 +504,7 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     # The connection options are accepted before or after the command.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)  # add_parser wants parents of the subparsers' class
     common.add_argument("--endpoint", default=argparse.SUPPRESS,
                         help="HOST:PORT or a ZeroMQ URL (default: $ELEVATOR_ENDPOINT or "
                              f"{DEFAULT_ENDPOINT})")

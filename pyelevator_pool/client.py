@@ -127,8 +127,9 @@ class Elevator:
         if compression:
             self._require_lz4()
         if pool is None:
+            if timeout is not None:
+                pool_options["timeout"] = timeout
             pool = ElevatorPool(endpoint or _DEFAULT_ENDPOINT, transport=transport or "tcp",
-                                **({"timeout": timeout} if timeout is not None else {}),
                                 **pool_options)
             self._owns_pool = True
         else:
@@ -432,15 +433,16 @@ class Elevator:
             return self.Slice(start, limit, include_key=include_key, include_value=include_value,
                               timeout=timeout, compression=compression)
         _check_flags(include_key, include_value)
-        args = [_key_or_none(start, "start"), _key_or_none(limit, "limit (a stop key or a count)"),
-                include_key, include_value, _key_or_none(prefix, "prefix")]
+        start_b = _key_or_none(start, "start")
+        stop_b = _key_or_none(limit, "limit (a stop key or a count)")
+        pfx = _key_or_none(prefix, "prefix")
+        args = [start_b, stop_b, include_key, include_value, pfx]
         try:
             items = self._call(protocol.RANGE, args, timeout=timeout,
                                compression=compression, stream=STREAM_PAGE).datas
         except errors.ElevatorValueError as exc:
             if not self._over_limit(exc, "max_items"):
                 raise
-            start_b, stop_b, pfx = args[0], args[1], args[4]
             if pfx is not None and (start_b is None or start_b < pfx):
                 start_b = pfx
             page = min(self._limits(timeout).get("max_items", _LIMIT_PAGE), _LIMIT_PAGE)

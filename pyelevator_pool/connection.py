@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -326,7 +326,7 @@ class Connection:
             finally:
                 self.last_used = time.monotonic()
 
-    def _receive(self, cmd: str, rid: int, deadline: float, timeout: float) -> list:
+    def _receive(self, cmd: str, rid: int, deadline: float, timeout: float) -> Tuple[dict, bytes]:
         sock = self.socket
         watched = False
         while True:

@@ -6,7 +6,7 @@ also from the builtin a user would naturally catch: a missing key is a
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional, Type
 
 from . import protocol as _protocol
 from .protocol import ErrorCode
@@ -160,7 +160,7 @@ class PoolClosed(PoolError):
     """The pool was closed."""
 
 
-_BY_CODE = {cls.code: cls for cls in (
+_BY_CODE: Dict[int, Type[ServerError]] = {cls.code: cls for cls in (
     ElevatorTypeError, ElevatorKeyError, ElevatorValueError, ElevatorIndexError,
     ElevatorRuntimeError, ElevatorOSError, DatabaseError, SignalError, RequestError)}
 
@@ -168,5 +168,5 @@ _BY_CODE = {cls.code: cls for cls in (
 def error_from_reply(code: Optional[int], message: Optional[str], *, command: Optional[str] = None,
                      db: Optional[str] = None, endpoint: Optional[str] = None) -> ServerError:
     """The exception for a server failure reply: the one place codes become classes."""
-    cls = _BY_CODE.get(code, ServerError)  # type: ignore[arg-type]
+    cls = ServerError if code is None else _BY_CODE.get(code, ServerError)
     return cls(message or "server error", code=code, command=command, db=db, endpoint=endpoint)

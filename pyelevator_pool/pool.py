@@ -179,7 +179,8 @@ class ElevatorPool:
         budget_end = time.monotonic() + (self.checkout_timeout if timeout is None else timeout)
         if self._pid != os.getpid():
             self._after_fork()
-        last = self._local.__dict__.get("conn")
+        last: Optional[Connection] = self._local.__dict__.get("conn")
+        conn: Optional[Connection]
         open_new = False
         with self._lock:
             if self._closed:
@@ -192,9 +193,9 @@ class ElevatorPool:
             elif self._size < self.max_size:
                 self._size += 1
                 open_new = True
-                conn = None  # type: ignore[assignment]
+                conn = None
             else:
-                conn = None  # type: ignore[assignment]
+                conn = None
             if conn is not None or open_new:
                 self._in_use += 1
                 self._checkouts += 1

@@ -131,4 +131,5 @@ class CurveKeys:
         return (self.server_public_key, self.public_key, self._secret_key) == \
             (other.server_public_key, other.public_key, other._secret_key)
 
+    # typeshed declares object.__hash__ a method; None (unhashable) is the documented idiom
     __hash__ = None  # type: ignore[assignment]

@@ -145,7 +145,7 @@ class Server:
         front = self._front = ctx.socket(zmq.ROUTER)
         if self.config.curve_secret_key is not None:
             try:
-                self._enable_curve(ctx, front)
+                self._enable_curve(ctx, front, self.config.curve_secret_key)
             except BaseException:
                 front.close(0)
                 if self._auth is not None:
@@ -192,11 +192,11 @@ class Server:
             _write_atomically(self.config.ready_file, self.endpoint + "\n")
         return self.endpoint
 
-    def _enable_curve(self, ctx: zmq.Context, front: zmq.Socket) -> None:
+    def _enable_curve(self, ctx: zmq.Context, front: zmq.Socket, secret_key_file: str) -> None:
         """CURVE on the ROUTER socket, and a ZAP handler that checks client keys."""
         from zmq.auth.thread import ThreadAuthenticator
 
-        public, secret = load_key_pair(self.config.curve_secret_key)  # type: ignore[arg-type]
+        public, secret = load_key_pair(secret_key_file)
         self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("elevator.auth"))
         self._auth.start()
         self._configure_keys()
@@ -255,7 +255,7 @@ class Server:
         next_tick = time.monotonic() + tick if tick else None
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(_TICK * 1000))
+                events = dict(poller.poll(int(_TICK * 1000)))
                 if front in events:
                     self._read_requests(front, _BURST)
                 if results is not None and results in events:
@@ -266,8 +266,8 @@ class Server:
                         self._configure_keys()
                     except OSError as exc:
                         log.error("reloading the authorized keys: %s (keeping the old ones)", exc)
-                if next_tick is not None and time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + tick  # type: ignore[operator]
+                if tick is not None and next_tick is not None and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + tick
                     for name in self.store.unmount_idle(unmount_after):
                         log.debug("idle database %s unmounted", name)
             self._drain(front, results)
@@ -377,6 +377,7 @@ class Server:
 
     def _drain(self, front: zmq.Socket, results: Optional[zmq.Socket]) -> None:
         """Stop accepting, answer what was already received and what workers are doing."""
+        assert self.endpoint is not None  # set by start(), before serve() can run
         try:
             front.unbind(self.endpoint)
         except zmq.ZMQError:  # pragma: no cover

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from itertools import chain, islice
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, Iterator, List, Optional, Tuple
 
 import plyvel
 
@@ -236,7 +236,8 @@ class Dispatcher:
                 pages.close()
                 return
 
-    def _pages(self, request: protocol.Request, page: int) -> Iterator[Tuple[list, bool]]:
+    def _pages(self, request: protocol.Request, page: int
+               ) -> Generator[Tuple[list, bool], None, None]:
         cmd, uid, args = request.cmd, request.uid, request.args
         if not uid:
             raise CommandError(f"{cmd} needs the uid of a database (DBCONNECT gives it)",
