@@ -34,6 +34,7 @@ from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List, NoReturn,
 from . import errors
 from .bulk import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, BulkLoadError, dump, load
 from .client import Elevator
+from .security import CurveKeys
 
 __all__ = ["main", "build_parser", "read_pairs", "write_pairs", "BadLine", "FORMATS"]
 
@@ -219,8 +220,13 @@ def _note(message: str) -> None:
 # ---------------------------------------------------------------------- commands
 
 def _client(args: argparse.Namespace, db: Optional[str] = None) -> Elevator:
+    curve = None
+    if args.curve_server_key or args.curve_client_key:
+        if not (args.curve_server_key and args.curve_client_key):
+            raise CliError("--curve-server-key and --curve-client-key go together", 2)
+        curve = CurveKeys.from_files(args.curve_server_key, args.curve_client_key)
     return Elevator(db if db is not None else args.db, endpoint=args.endpoint,
-                    timeout=args.timeout)
+                    timeout=args.timeout, curve=curve)
 
 
 class _StdoutText:
@@ -512,6 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="database (default: default)")
     common.add_argument("--timeout", type=_positive_float, default=argparse.SUPPRESS,
                         help="seconds per request, retries included (default: 10)")
+    common.add_argument("--curve-server-key", default=argparse.SUPPRESS, metavar="FILE",
+                        help="the server's public key file (NAME.key from 'elevator-server "
+                             "keygen'), for a server started with --curve-secret-key "
+                             "(default: $ELEVATOR_CURVE_SERVER_KEY)")
+    common.add_argument("--curve-client-key", default=argparse.SUPPRESS, metavar="FILE",
+                        help="this client's secret key file (NAME.key_secret) "
+                             "(default: $ELEVATOR_CURVE_CLIENT_KEY)")
     p = _Parser(prog=PROG, parents=[common], description="Command-line client of an Elevator "
                 "key-value server.", epilog="Run 'elevator COMMAND --help' for a command's options.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -583,6 +596,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         or DEFAULT_ENDPOINT
     args.db = getattr(args, "db", None) or "default"
     args.timeout = getattr(args, "timeout", None) or 10.0
+    args.curve_server_key = getattr(args, "curve_server_key", None) \
+        or os.environ.get("ELEVATOR_CURVE_SERVER_KEY")
+    args.curve_client_key = getattr(args, "curve_client_key", None) \
+        or os.environ.get("ELEVATOR_CURVE_CLIENT_KEY")
     try:
         return args.func(args)
     except CliError as exc:

@@ -286,3 +286,23 @@ def test_pool_curve_argument_validation(keys):
         ElevatorPool(curve="not keys")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not both"):
         ElevatorPool(curve=keys["client"], security=lambda sock: None)
+
+
+def test_cli_reaches_a_curve_server_with_key_files_and_refuses_half_a_pair(curve_server, keys):
+    pairs = keys["dir"] / "pairs"
+    base = [sys.executable, "-m", "pyelevator_pool.cli", "--endpoint", curve_server.endpoint,
+            "--timeout", str(LONG)]
+    with_keys = base + ["--curve-server-key", str(pairs / "server.key"),
+                        "--curve-client-key", str(pairs / "client.key_secret")]
+    put = subprocess.run(with_keys + ["put", "cli:sec", "v"], capture_output=True, timeout=60)
+    assert put.returncode == 0, put.stderr
+    get = subprocess.run(with_keys + ["get", "cli:sec"], capture_output=True, timeout=60)
+    assert get.returncode == 0 and get.stdout.strip() == b"v", get.stderr
+    half = subprocess.run(base + ["--curve-server-key", str(pairs / "server.key"), "ping"],
+                          capture_output=True, timeout=60)
+    assert half.returncode == 2 and b"go together" in half.stderr
+    intruder = subprocess.run(base + ["--curve-server-key", str(pairs / "server.key"),
+                                      "--curve-client-key", str(pairs / "intruder.key_secret"),
+                                      "ping"], capture_output=True, timeout=60)
+    assert intruder.returncode == 1 and b"CURVE key" in intruder.stderr
+    assert intruder.stderr.count(b"\n") == 1  # one line
