@@ -264,7 +264,7 @@ class Server:
                     self._reload_keys.clear()
                     try:
                         self._configure_keys()
-                    except OSError as exc:
+                    except (OSError, ValueError) as exc:  # ValueError: a *.key without a key
                         log.error("reloading the authorized keys: %s (keeping the old ones)", exc)
                 if tick is not None and next_tick is not None and time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + tick
