@@ -102,6 +102,8 @@ class RetryPolicy:
             raise first
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
+            if time.monotonic() + state.upcoming_sleep >= deadline:
+                return  # the wait ends at the deadline, and no attempt follows it (run)
             exc = state.outcome.exception() if state.outcome else None
             with self._lock:
                 self.retries += 1
@@ -125,13 +127,22 @@ class RetryPolicy:
             reraise=True,
         )
         first_done = False
+        last: BaseException = first
 
         def run() -> T:
-            nonlocal first_done
+            nonlocal first_done, last
             if not first_done:  # tenacity's attempt 1 is the one already made
                 first_done = True
                 raise first
-            return attempt()
+            if time.monotonic() >= deadline:
+                # The last wait was clipped to the deadline: an attempt now would have
+                # no time left, yet could still send the request (then time out at once).
+                raise last
+            try:
+                return attempt()
+            except BaseException as exc:
+                last = exc
+                raise
 
         return retrying(run)
 

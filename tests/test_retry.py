@@ -265,10 +265,24 @@ def test_deadline_stops_stop_never_and_clips_the_last_wait(clock):
 
     with pytest.raises(errors.ElevatorTimeout) as info:
         policy.call_after_failure(unsent_timeout(), attempt, deadline=start + 1.0, idempotent=True)
-    # waits 0.3, 0.3, 0.3, then only the 0.1 s left before the deadline; no wait past it
+    # waits 0.3, 0.3, 0.3, then only the 0.1 s left before the deadline; no wait past it,
+    # and no attempt at the deadline (it would have no time left, yet could send)
     assert clock.waits == pytest.approx([0.3, 0.3, 0.3, 0.1])
     assert clock.now == pytest.approx(start + 1.0)
-    assert info.value is last[-1] and len(last) == 4
+    assert info.value is last[-1] and len(last) == 3
+
+
+def test_no_attempt_starts_at_the_deadline_after_a_clipped_wait(clock):
+    # A never-sent DBCREATE: retried, but not by an attempt with no time left, which would
+    # send it and time out at once, turning "not created" into "outcome unknown".
+    policy = RetryPolicy(wait=tenacity.wait_fixed(10.0), sleep=clock.sleep)
+    first = unsent_timeout()
+    attempt = failing([])
+    with pytest.raises(errors.ElevatorTimeout) as info:
+        policy.call_after_failure(first, attempt, deadline=clock.now + 1.0, idempotent=False)
+    assert info.value is first and attempt.calls == []
+    assert clock.waits == pytest.approx([1.0])
+    assert policy.retries == 0  # the wait to the deadline is not a retry
 
 
 def test_deadline_already_passed_raises_the_first_failure_without_retrying(clock):
