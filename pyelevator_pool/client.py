@@ -498,9 +498,20 @@ class Elevator:
     def _range_pages(self, start: Optional[bytes], stop: Optional[bytes], prefix: Optional[bytes],
                      include_key: bool, include_value: bool, page_size: int,
                      timeout: Optional[float]) -> Iterator[Any]:
+        # A page is one SLICE: never more items than the server's max_items.
+        page_size = self._limit("max_items", page_size, timeout) or page_size
         while True:
-            page = self._call(protocol.SLICE, [start, page_size, True, include_value],
-                              timeout=timeout).datas or []
+            try:
+                page = self._call(protocol.SLICE, [start, page_size, True, include_value],
+                                  timeout=timeout).datas or []
+            except errors.ElevatorValueError as exc:
+                # Limits cached before the server restarted with lower ones: page smaller.
+                smaller = self._limit("max_items", page_size, timeout) \
+                    if self._over_limit(exc, "max_items") else None
+                if smaller is None:
+                    raise
+                page_size = smaller
+                continue
             if not page:
                 return
             keys = [p[0] for p in page] if include_value else page

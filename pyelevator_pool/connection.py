@@ -118,6 +118,11 @@ class Connection:
             self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
             sock.connect(endpoint)
         except BaseException:
+            # The monitor is a socket too: left open, it would make the context's
+            # term() (ElevatorPool.close) wait for it forever.
+            monitor = self.__dict__.get("_monitor")
+            if monitor is not None:
+                monitor.close(0)
             sock.close(0)
             raise
         self.socket = sock

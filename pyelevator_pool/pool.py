@@ -167,6 +167,12 @@ class ElevatorPool:
             self._owns_context = False
         self._init_state()
 
+    def _live_context(self) -> zmq.Context:
+        """This process's context: a fresh one in a forked child, never the parent's."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        return self._context
+
     # ------------------------------------------------------------------ checkout
 
     def checkout(self, timeout: Optional[float] = None) -> Connection:
@@ -356,7 +362,7 @@ class ElevatorPool:
             if self._closed:
                 raise errors.PoolClosed(f"pool for {self.endpoint} is closed")
             if pin.conn.is_tainted:
-                pin.conn = self._replace_pinned(pin.conn)
+                pin.conn = self._replace_pinned(pin.conn, deadline)
             return self._send(pin.conn, cmd, args, uid, deadline, compression, stream)
         remaining = deadline - time.monotonic()
         conn = self.checkout(min(self.checkout_timeout, max(remaining, 0.0)))
@@ -376,7 +382,13 @@ class ElevatorPool:
                 self._timeouts += 1
             raise
 
-    def _replace_pinned(self, conn: Connection) -> Connection:
+    def _replace_pinned(self, conn: Connection, deadline: float) -> Connection:
+        with self._lock:
+            holds_slot = conn in self._all
+        if not holds_slot:
+            # An earlier replacement failed to open its socket and so gave the slot
+            # back (see _open): opening one now would exceed max_size. Take a new slot.
+            return self.checkout(min(self.checkout_timeout, max(deadline - time.monotonic(), 0.0)))
         self._forget(conn, replaced=True)
         conn.close()
         return self._open()
