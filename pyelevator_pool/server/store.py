@@ -76,6 +76,11 @@ def _is_strictly_inside(path: str, root: str) -> bool:
     return path != root and os.path.commonpath([path, root]) == root
 
 
+def _overlaps(a: str, b: str) -> bool:
+    """The same directory, or one inside the other (deleting one deletes the other's files)."""
+    return a == b or _is_strictly_inside(a, b) or _is_strictly_inside(b, a)
+
+
 def clean_options(options: Any) -> dict:
     """DBCREATE options as plyvel keyword arguments: known names, checked types."""
     if options is None:
@@ -173,6 +178,9 @@ class Store:
             raise CommandError("database name may not contain NUL")
         if os.path.isabs(name):
             real = os.path.realpath(name)
+            if _overlaps(real, self.data_dir):  # its DBDROP would delete the data dir's files
+                raise CommandError(f"database path {name!r} refused: it overlaps the server's "
+                                   f"data dir {self.data_dir}")
             for root in self.allowed_roots:
                 if _is_strictly_inside(real, root):
                     return real
@@ -296,6 +304,10 @@ class Store:
         with self._lock:
             if name in self._by_name:
                 raise CommandError(f"Database {name} already exists")
+            for other in self._by_name.values():  # another name for (part of) its files
+                if _overlaps(path, os.path.realpath(other.path)):
+                    raise CommandError(f"database path {path!r} refused: it overlaps database "
+                                       f"{other.name!r} at {other.path}")
             if opts.get("error_if_exists") and os.path.exists(os.path.join(path, "CURRENT")):
                 raise CommandError(f"Database {name} already exists at {path}")
             db = _Db(name, path, uuid.uuid4().hex, opts)
