@@ -366,12 +366,23 @@ class Server:
                         for reply, last in dispatcher.replies(payload):
                             out.send_multipart([ident, *reply] if last
                                                else [ident, *reply, _MORE], copy=False)
-                except BaseException as exc:  # pragma: no cover - replies() never raises
+                except BaseException as exc:  # replies() never raises, bar a bug or MemoryError
                     log.exception("worker failed")
                     out.send_multipart([ident, *encode_error_reply(
-                        ErrorCode.RUNTIME, f"internal error: {exc}")], copy=False)
+                        ErrorCode.RUNTIME, f"internal error: {exc}", id=self._request_id(payload))],
+                        copy=False)
         finally:
             out.close()
+
+    def _request_id(self, payload: Any) -> Any:
+        """The ``meta.id`` of a task (a Request or a request frame), for an error reply;
+        None when it has none or cannot be decoded."""
+        if isinstance(payload, protocol.Request):
+            return payload.id
+        try:
+            return self.dispatcher.decode(payload).id
+        except Exception:
+            return None
 
     # ------------------------------------------------------------------ stop
 
