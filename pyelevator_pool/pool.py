@@ -7,6 +7,7 @@ while that lock is held.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import threading
 import time
@@ -49,8 +50,10 @@ def _check_number(name: str, value: Any, *, minimum: float = 0, allow_zero: bool
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an int" if integer else "a number"
         raise TypeError(f"{name} must be {kind}, not {type(value).__name__}")
-    if value < minimum or (value == minimum and not allow_zero):
-        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} {minimum}, not {value!r}")
+    if not (value > minimum or (allow_zero and value == minimum)) or value == math.inf:
+        # written so that NaN fails too (every comparison with it is False)
+        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} {minimum} "
+                         f"(and finite), not {value!r}")
 
 
 class ElevatorPool:
@@ -180,8 +183,11 @@ class ElevatorPool:
 
         Waits up to ``timeout`` (default ``checkout_timeout``) seconds for one, the
         health check of an idle socket included.
-        Raises PoolTimeout when none became free, PoolClosed after :meth:`close`.
+        Raises PoolTimeout when none became free, PoolClosed after :meth:`close`,
+        TypeError/ValueError for a ``timeout`` that is not a number >= 0.
         """
+        if timeout is not None:
+            _check_number("timeout", timeout, allow_zero=True)
         budget_end = time.monotonic() + (self.checkout_timeout if timeout is None else timeout)
         if self._pid != os.getpid():
             self._after_fork()
@@ -338,8 +344,11 @@ class ElevatorPool:
         ``timeout`` (default the pool's) bounds everything: checkout, send, receive and
         retries. ``idempotent``/``is_write`` tell the policy whether a request whose
         fate is unknown may be sent again. A failure reply is returned, not raised.
-        Raises ElevatorTimeout, ConnectionError, ProtocolError, PoolTimeout, PoolClosed.
+        Raises ElevatorTimeout, ConnectionError, ProtocolError, PoolTimeout, PoolClosed;
+        TypeError/ValueError for a ``timeout`` that is not a number > 0.
         """
+        if timeout is not None:
+            _check_number("timeout", timeout)
         started = time.monotonic()
         deadline = started + (self.timeout if timeout is None else timeout)
         try:

@@ -171,3 +171,37 @@ def test_a_pinned_socket_whose_replacement_failed_once_does_not_exceed_max_size(
         assert pool.stats()["size"] == 1
     finally:
         pool.close()
+
+
+# ------------------------------------------------------------ argument validation
+
+@pytest.mark.parametrize("call", ["checkout", "connection", "request"])
+@pytest.mark.parametrize("timeout,exc", [("1", TypeError), (True, TypeError), (-1, ValueError),
+                                         (float("inf"), ValueError),
+                                         (float("nan"), ValueError)])
+def test_pool_call_timeouts_are_validated_with_a_clear_message(call, timeout, exc):
+    pool = ElevatorPool("127.0.0.1:1")  # never reached: the argument is refused first
+    try:
+        with pytest.raises(exc, match="timeout"):
+            if call == "checkout":
+                pool.checkout(timeout)
+            elif call == "connection":
+                with pool.connection(timeout):
+                    pass
+            else:
+                pool.request(protocol.PING, [], timeout=timeout)
+        assert pool.stats()["size"] == 0  # nothing was opened, nothing sent
+    finally:
+        pool.close()
+
+
+def test_request_timeout_zero_is_refused_but_checkout_timeout_zero_is_allowed(server):
+    pool = ElevatorPool(server.endpoint)
+    try:
+        with pytest.raises(ValueError, match="timeout"):
+            pool.request(protocol.PING, [], timeout=0)
+        conn = pool.checkout(timeout=0)
+        pool.checkin(conn)
+        assert pool.stats()["size"] == 1
+    finally:
+        pool.close()
