@@ -97,15 +97,19 @@ class Connection:
         self.is_tainted = False
         self.stale_replies = 0
         self._ids = itertools.count(1)
+        #: a completed (handshaken) connection exists, as last reported by the monitor
+        self._connected = False
         #: consecutive failed security handshakes, and what the last one said
         self._handshake_failures = 0
         self._handshake_problem = ""
         sock = context.socket(zmq.DEALER)
         try:
             sock.linger = 0
-            # A request is queued only to a completed connection, so a send that cannot
-            # happen is known to be "never sent" and safe to retry for any command.
-            sock.setsockopt(zmq.IMMEDIATE, 1)
+            # Not ZMQ_IMMEDIATE: with it, libzmq 4.3 drops the unread frames of a reply
+            # when the connection goes away, and aborts the process (fq.cpp "!_more") if
+            # this thread has read the first frame but not the second. The same "send
+            # only to a completed connection" rule is kept here instead, from the
+            # monitor's events (see request), so "never sent" is still known.
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 20)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
@@ -129,9 +133,6 @@ class Connection:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
-        self._send_poller = zmq.Poller()
-        self._send_poller.register(sock, zmq.POLLOUT)
-        self._send_poller.register(self._monitor, zmq.POLLIN)
 
     def __repr__(self) -> str:
         state = "tainted" if self.is_tainted else ("closed" if self.is_closed else "open")
@@ -156,7 +157,8 @@ class Connection:
     def _drain_monitor(self) -> bool:
         """True when the monitor reported a disconnect since it was last drained.
 
-        Also keeps count of failed security handshakes (see :meth:`_check_handshake`).
+        Also tracks whether a completed connection exists, and counts failed security
+        handshakes (see :meth:`_check_handshake`).
         """
         lost = False
         while True:
@@ -169,13 +171,17 @@ class Connection:
                 event, value = int(message["event"]), int(message["value"])
             except Exception:  # pragma: no cover - libzmq always sends two well-formed frames
                 lost = True
+                self._connected = False
                 continue
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_failures = 0
+                self._connected = True
             elif event & _HANDSHAKE_FAILED:
+                self._connected = False
                 self._handshake_failed(event, value)
             else:
                 lost = True
+                self._connected = False
 
     def _handshake_failed(self, event: int, value: int) -> None:
         final = False
@@ -209,10 +215,11 @@ class Connection:
                 f"{cmd}: no access to {self.endpoint}: {self._handshake_problem}")
 
     def _await_connection(self, cmd: str, deadline: float, timeout: float) -> None:
-        """Wait until the socket can send (IMMEDIATE=1: a completed, authenticated
-        connection), watching the monitor so that a refused handshake fails at once."""
-        sock, monitor = self.socket, self._monitor
-        while True:
+        """Wait until a completed (handshaken, authenticated) connection exists, from the
+        monitor's events, so that a request is only queued where it is sent at once and a
+        refused handshake fails at once."""
+        monitor = self._monitor
+        while not self._connected:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 detail = (f" (last handshake: {self._handshake_problem})"
@@ -220,12 +227,9 @@ class Connection:
                 raise errors.ElevatorTimeout(
                     f"{cmd}: no connection to {self.endpoint} within {timeout:g}s{detail}",
                     request_sent=False)
-            events = dict(self._send_poller.poll(remaining_ms))
-            if monitor in events:
+            if monitor.poll(remaining_ms):
                 self._drain_monitor()
                 self._check_handshake(cmd)
-            if events.get(sock, 0) & zmq.POLLOUT:
-                return
 
     def request(self, cmd: str, args: Sequence, uid: Optional[str] = None, *,
                 timeout: float, compression: bool = False, stream: int = 0,
@@ -254,25 +258,31 @@ class Connection:
         sock = self.socket
         start = time.monotonic()
         deadline = start + timeout
+        sent = False
         try:
             if self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
-                # A disconnect from before this request (the socket has reconnected
-                # since, or send would block) says nothing about it: forget it.
+                # Events from before this request: a disconnect says nothing about it,
+                # but updates whether a connection exists now.
                 self._drain_monitor()
             if self._handshake_failures:
                 self._check_handshake(cmd)
+            if not self._connected:
+                # Just opened, or the server is down: wait for a connection rather than
+                # queue the request where it could be delivered long after we gave up.
+                wait = timeout if connect_timeout is None else min(timeout, connect_timeout)
+                self._await_connection(cmd, start + wait, wait)
             try:
                 sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
-                # No completed connection yet (just opened, or the server is down).
-                wait = timeout if connect_timeout is None else min(timeout, connect_timeout)
-                self._await_connection(cmd, start + wait, wait)
-                sock.send(frame, zmq.NOBLOCK)
+                # The queue to the server is full (a high-water mark of requests): not sent.
+                raise errors.ElevatorTimeout(
+                    f"{cmd}: the queue to {self.endpoint} is full", request_sent=False) from None
+            sent = True
             head, content = self._receive(cmd, rid, deadline, timeout)
         except zmq.ZMQError as exc:
             self.is_tainted = True
             raise errors.ConnectionError(f"{cmd} to {self.endpoint}: {exc}",
-                                         request_sent=False) from exc
+                                         request_sent=sent) from exc
         finally:
             self.last_used = time.monotonic()
         if stream and head.get(protocol.MORE):
@@ -349,7 +359,9 @@ class Connection:
                         f"{cmd}: no reply from {self.endpoint} within {timeout:g}s")
                 events = dict(self._poller.poll(remaining_ms))
                 if self._monitor in events and self._drain_monitor() and sock not in events:
-                    self._timed_out()
+                    # The request may still sit in the socket's queue, to be delivered
+                    # after a reconnect, long after this call gave up: replace the socket.
+                    self.is_tainted = True
                     raise errors.ConnectionError(
                         f"{cmd}: connection to {self.endpoint} lost while waiting for the reply")
                 if sock not in events:
