@@ -97,12 +97,40 @@ def test_sigterm_answers_requests_in_flight(fresh_server):
         ok(c.call("BATCH", [[[1, b"%06d" % i, b"x" * 32] for i in range(20000)]], uid))
         for i in range(5):
             c.sock.send(protocol.encode_request("RANGE", [None, None], uid, id=i))
-        time.sleep(0.05)  # let the requests reach the server before the signal
+        # One reply proves the pipelined requests reached the server (a request still
+        # on its way when the listener closes is not "in flight" and is not answered).
+        first = c.recv(timeout=15)
         fresh_server.proc.send_signal(signal.SIGTERM)
-        replies = [c.recv(timeout=15) for _ in range(5)]
+        replies = [first] + [c.recv(timeout=15) for _ in range(4)]
         assert sorted(r.id for r in replies) == list(range(5))
         assert all(len(r.datas) == 20000 for r in replies)
     assert fresh_server.proc.wait(15) == 0
+
+
+def test_more_heavy_requests_than_the_workers_take_are_all_answered_then_drained(tmp_path):
+    """With --workers 1 the loop stops reading once 8 heavy requests wait for the
+    worker (backpressure instead of an unbounded queue): 60 pipelined RANGEs are still
+    all answered, and so are 60 more still queued when SIGTERM arrives."""
+    srv = ServerProcess(str(tmp_path), args=["--workers", "1"]).start()
+    try:
+        with RawClient(srv.endpoint) as c:
+            uid = c.uid()
+            ok(c.call("BATCH", [[[1, b"%05d" % i, b"x" * 32] for i in range(3000)]], uid))
+            for i in range(60):
+                c.sock.send(protocol.encode_request("RANGE", [None, None], uid, id=i))
+            replies = [c.recv(timeout=30) for _ in range(60)]
+            assert sorted(r.id for r in replies) == list(range(60))
+            assert all(len(r.datas) == 3000 for r in replies)
+            assert ok(c.call("GET", [b"00042"], uid)) == [b"x" * 32]
+            for i in range(60, 120):
+                c.sock.send(protocol.encode_request("RANGE", [None, None], uid, id=i))
+            first = c.recv(timeout=30)  # the requests have reached the server
+            srv.proc.send_signal(signal.SIGTERM)
+            replies = [first] + [c.recv(timeout=30) for _ in range(59)]
+            assert sorted(r.id for r in replies) == list(range(60, 120))
+        assert srv.proc.wait(30) == 0
+    finally:
+        srv.stop()
 
 
 def test_sigint_also_stops_with_exit_code_0(fresh_server):

@@ -40,6 +40,10 @@ _RESULTS = "inproc://elevator-results"
 _MORE = b"more"  # the worker's mark on a streamed page that is not the last (never sent out)
 _TICK = 0.1            # seconds between checks of the stop flag and idle databases
 _BURST = 256           # requests read per wake-up before looking at worker replies
+#: heavy requests handed to the workers and not yet answered, per worker, beyond which
+#: the loop stops reading new requests: ZeroMQ's queues and TCP then push back on the
+#: clients, instead of the server's memory growing with a flood of 64 MiB batches.
+_QUEUED_PER_WORKER = 8
 _BIG_FRAME = 16 * 1024  # request frames above this are decoded on a worker
 _BIG_COUNT = 256       # MGET/BATCH/SLICE above this many items go to a worker
 _DRAIN_TIME = 10.0     # seconds a graceful stop spends answering what is in flight
@@ -248,14 +252,19 @@ class Server:
         assert front is not None
         poller = zmq.Poller()
         poller.register(front, zmq.POLLIN)
+        # While the workers are saturated, only their replies are waited for.
+        saturated_poller = zmq.Poller()
         if results is not None:
             poller.register(results, zmq.POLLIN)
+            saturated_poller.register(results, zmq.POLLIN)
         unmount_after = self.config.unmount_after
         tick = max(0.05, min(1.0, unmount_after / 2)) if unmount_after > 0 else None
         next_tick = time.monotonic() + tick if tick else None
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(int(_TICK * 1000)))
+                saturated = self._is_saturated()
+                events = dict((saturated_poller if saturated else poller)
+                              .poll(int(_TICK * 1000)))
                 if front in events:
                     self._read_requests(front, _BURST)
                 if results is not None and results in events:
@@ -280,7 +289,7 @@ class Server:
         send = front.send_multipart
         workers = self.config.workers
         dispatcher = self.dispatcher
-        while handled < budget:
+        while handled < budget and not self._is_saturated():
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -326,6 +335,10 @@ class Server:
                 return first > _BIG_COUNT
             return isinstance(first, list) and len(first) > _BIG_COUNT
         return False
+
+    def _is_saturated(self) -> bool:
+        workers = self.config.workers
+        return bool(workers) and self._in_flight >= workers * _QUEUED_PER_WORKER
 
     def _submit(self, ident: bytes, payload: Any) -> None:
         self._in_flight += 1
@@ -387,18 +400,30 @@ class Server:
     # ------------------------------------------------------------------ stop
 
     def _drain(self, front: zmq.Socket, results: Optional[zmq.Socket]) -> None:
-        """Stop accepting, answer what was already received and what workers are doing."""
-        assert self.endpoint is not None  # set by start(), before serve() can run
-        try:
-            front.unbind(self.endpoint)
-        except zmq.ZMQError:  # pragma: no cover
-            pass
+        """Stop accepting, answer what was already received and what workers are doing.
+
+        The listener is not unbound first: in libzmq that also closes the connections it
+        accepted, and the replies of requests still in the workers would be lost. The
+        requests already queued are read (while the workers are saturated, reading waits
+        for their replies), then no more are, and the workers' replies are forwarded;
+        closing the socket afterwards ends every connection.
+        """
         deadline = time.monotonic() + _DRAIN_TIME
-        while time.monotonic() < deadline and self._read_requests(front, _BURST):
-            pass
-        while results is not None and self._in_flight > 0 and time.monotonic() < deadline:
-            if results.poll(50):
-                self._forward_replies(front, results, _BURST)
+        reading = True
+        while time.monotonic() < deadline:
+            read = 0
+            if reading and not self._is_saturated():
+                read = self._read_requests(front, _BURST)
+                # Nothing to read while the workers could take more: every request
+                # received before the stop has been read.
+                reading = read > 0
+            forwarded = (self._forward_replies(front, results, _BURST)
+                         if results is not None else 0)
+            if not read and not forwarded:
+                if not reading and (results is None or self._in_flight == 0):
+                    break
+                if results is not None:
+                    results.poll(50)
         if self._in_flight:
             log.warning("stopping with %d requests unanswered", self._in_flight)
 
