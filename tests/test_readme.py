@@ -1,0 +1,31 @@
+"""The README is what a new user reads first: it must render, and its test command
+must be the one CI runs."""
+from __future__ import annotations
+
+import pathlib
+
+import docutils.core
+import docutils.utils
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TEST_COMMAND = 'pip install -e ".[server,test]" && pytest'
+
+
+def test_readme_renders_without_warnings():
+    source = (ROOT / "README.rst").read_text(encoding="utf-8")
+    # halt_level 2: any warning (a malformed table, a broken reference) raises.
+    docutils.core.publish_doctree(source, settings_overrides={
+        "halt_level": 2, "report_level": 2, "warning_stream": False})
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert TEST_COMMAND in readme
+    assert TEST_COMMAND in ci
+
+
+def test_readme_main_job_command_names_the_benchmark_suite():
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    assert 'pip install -e ".[server,bench]" && python -m benchmarks --quick' in readme
+    assert (ROOT / "benchmarks" / "__main__.py").is_file()
