@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
+import select
+import signal
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import zmq
 
@@ -79,3 +83,49 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float 
         if time.monotonic() >= deadline:
             return predicate()
         time.sleep(step)
+
+
+def run_forked(child: Callable[[], Dict[str, Any]], timeout: float = 20.0) -> Tuple[Dict[str, Any], int]:
+    """Run ``child`` in a forked process; return (the dict it returned, its exit code).
+
+    The child reports through a pipe as JSON (``{"error": repr(exc)}`` when it raised)
+    and never returns into pytest. A child that is not done within ``timeout`` is
+    SIGKILLed and AssertionError raised with what it had reported.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, json.dumps(child()).encode())
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            os.write(write_end, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    data = b""
+    deadline = time.monotonic() + timeout
+    done, status = 0, 0
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break  # the child exited
+            data += chunk
+    finally:
+        os.close(read_end)
+        while True:  # the pipe closes an instant before the child can be reaped
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the forked child hung; it reported {data!r}")
+    return json.loads(data or b"{}"), os.waitstatus_to_exitcode(status)

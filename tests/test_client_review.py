@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import errno
 import gc
-import json
 import os
-import select
-import signal
 import threading
-import time
 from typing import List
 
 import pytest
@@ -22,6 +18,7 @@ import zmq
 from pyelevator_pool import Elevator, ElevatorPool, PoolTimeout, RetryPolicy, bulk, errors, protocol
 from pyelevator_pool.server.handlers import MIN_LIMIT
 from pyelevator_pool.testing import ServerProcess
+from rawclient import run_forked
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,45 +55,13 @@ def test_bulk_load_in_a_forked_child_writes_through_the_childs_own_context(serve
     keys = [b"review:fork:%02d" % i for i in range(20)]
     with Elevator(endpoint=server.endpoint, timeout=3.0) as e:
         e.Put(b"review:fork:parent", b"p")  # the parent's pool and context are in use
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: report through the pipe, never return into pytest
-            code = 1
-            try:
-                os.close(read_end)
-                report = bulk.load(e, [(k, k + b"=v") for k in keys], timeout=3.0)
-                os.write(write_end, json.dumps({"pairs": report.pairs}).encode())
-                code = 0
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                os.write(write_end, json.dumps({"error": repr(exc)}).encode())
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        data = b""
-        deadline = time.monotonic() + 30.0
-        try:
-            while time.monotonic() < deadline:
-                ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
-                if not ready:
-                    break
-                chunk = os.read(read_end, 65536)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            os.close(read_end)
-            done = 0
-            while time.monotonic() < deadline:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                time.sleep(0.005)
-            if not done:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail(f"the forked child hung; it reported {data!r}")
-        assert json.loads(data or b"{}") == {"pairs": len(keys)}
-        assert os.waitstatus_to_exitcode(status) == 0
+        def child() -> dict:
+            report = bulk.load(e, [(k, k + b"=v") for k in keys], timeout=3.0)
+            return {"pairs": report.pairs}
+
+        report, code = run_forked(child, timeout=30.0)
+        assert report == {"pairs": len(keys)}
+        assert code == 0
         assert e.MGet(keys) == [k + b"=v" for k in keys]
         assert e.Get(b"review:fork:parent") == b"p"  # the parent's pool still works
 

@@ -7,11 +7,7 @@ this project's server never does, so a tiny scripted ROUTER plays it.
 """
 from __future__ import annotations
 
-import json
-import os
 import random
-import select
-import signal
 import threading
 import time
 from typing import Callable, Dict, List, Tuple
@@ -23,7 +19,7 @@ import zmq
 from pyelevator_pool import NO_RETRY, Elevator, ElevatorPool, ElevatorTimeout, RetryPolicy, protocol
 from pyelevator_pool.connection import Connection
 
-from rawclient import wait_until
+from rawclient import run_forked, wait_until
 
 JOIN = 30.0  # seconds: the longest any test thread may take
 
@@ -485,53 +481,21 @@ def test_fork_child_uses_a_fresh_pool_and_parent_still_works(server, make_pool):
     parent_conn = pool.checkout()
     pool.checkin(parent_conn)
     parent_ctx = pool._context
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report through the pipe, never return into pytest
-        code = 1
-        try:
-            os.close(read_end)
-            value = E.Get("fork/k", timeout=5.0)
-            E.Put("fork/child", "child was here", timeout=5.0)
-            conn = pool.checkout(timeout=5.0)
-            fresh = conn is not parent_conn
-            pool.checkin(conn)
-            report = {"value": value.decode(), "fresh_socket": fresh,
-                      "fresh_context": pool._context is not parent_ctx,
-                      "size": pool.stats()["size"]}
-            pool.close()  # terminates the child's own context, without hanging
-            report["closed"] = pool.stats()["size"] == 0 and pool._context.closed
-            os.write(write_end, json.dumps(report).encode())
-            code = 0
-        except BaseException as exc:  # noqa: BLE001
-            os.write(write_end, json.dumps({"error": repr(exc)}).encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    data = b""
-    deadline = time.monotonic() + 20.0
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                break  # the child exited
-            data += chunk
-    finally:
-        os.close(read_end)
-        while True:  # the pipe closes an instant before the child can be reaped
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done or time.monotonic() >= deadline:
-                break
-            time.sleep(0.005)
-        if not done:
-            os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-            pytest.fail(f"the forked child hung; it reported {data!r}")
-    report = json.loads(data or b"{}")
-    assert os.waitstatus_to_exitcode(status) == 0, report
+    def child() -> dict:
+        value = E.Get("fork/k", timeout=5.0)
+        E.Put("fork/child", "child was here", timeout=5.0)
+        conn = pool.checkout(timeout=5.0)
+        fresh = conn is not parent_conn
+        pool.checkin(conn)
+        report = {"value": value.decode(), "fresh_socket": fresh,
+                  "fresh_context": pool._context is not parent_ctx,
+                  "size": pool.stats()["size"]}
+        pool.close()  # terminates the child's own context, without hanging
+        report["closed"] = pool.stats()["size"] == 0 and pool._context.closed
+        return report
+
+    report, code = run_forked(child, timeout=20.0)
+    assert code == 0, report
     assert report == {"value": "from parent", "fresh_socket": True, "fresh_context": True,
                       "size": 1, "closed": True}
     # the parent's pool is unaffected: same socket, same context, and it sees the child's write
