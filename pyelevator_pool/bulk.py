@@ -296,6 +296,7 @@ def load(client_or_pool: ClientOrPool, pairs: Iterable[Pair], *, db_name: Option
                            health_check_interval=pool.health_check_interval,
                            retry=pool.retry if retry is None else retry,
                            heartbeat_interval=pool.heartbeat_interval,
+                           connect_timeout=pool.connect_timeout,
                            context=pool._live_context(), security=pool._security)
     try:
         try:
