@@ -14,7 +14,6 @@ its stages run one after the other, as they must for one request.
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import random
 import statistics
@@ -30,7 +29,7 @@ from pyelevator_pool import protocol
 from pyelevator_pool.connection import gc_paused
 
 from .anchors import EchoServer
-from .suite import make_data
+from .suite import make_data, plyvel_mget
 
 __all__ = ["main", "measure_stages"]
 
@@ -136,14 +135,7 @@ def measure_stages(size: int = 100_000, repeat: int = 7) -> Dict[str, List[Tuple
                 return protocol.MGET, [mget_keys if set(map(type, mget_keys)) == {bytes}
                                        else list(mget_keys), False]
 
-            def plyvel_mget() -> list:
-                snap = ldb.snapshot()
-                try:
-                    return list(map(functools.partial(snap.get, fill_cache=False), mget_keys))
-                finally:
-                    snap.close()
-
-            chain("MGet", build_mget, plyvel_mget)
+            chain("MGet", build_mget, lambda: plyvel_mget(ldb, mget_keys))
             chain("Range", lambda: (protocol.RANGE, [None, None, True, True, None]),
                   lambda: list(ldb.iterator()))
             chain("Slice", lambda: (protocol.SLICE, [None, size, True, True]),

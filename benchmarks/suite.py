@@ -141,6 +141,17 @@ IMPLEMENTATIONS = {
 }
 
 
+def plyvel_mget(ldb: Any, keys: List[bytes]) -> list:
+    """In-process plyvel doing what the server does for an MGet (one snapshot,
+    fill_cache=False, py-elevator's default): the same reads, so the ratio is the cost
+    of the client/server path alone."""
+    snap = ldb.snapshot()
+    try:
+        return list(map(functools.partial(snap.get, fill_cache=False), keys))
+    finally:
+        snap.close()
+
+
 def make_data(size: int, seed: int) -> List[Tuple[bytes, bytes]]:
     """``size`` pairs ``(str(i), uuid4().hex)`` as bytes, in key order (bytewise)."""
     rnd = random.Random(seed)
@@ -569,16 +580,7 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
              notes={"redis": "MSET + ZADD of the key index, one pipeline"})
 
         # ----- MGet of random keys
-        def plyvel_mget() -> list:
-            # What the server does for an MGet (fill_cache=False, py-elevator's default):
-            # the same reads, so the ratio is the cost of the client/server path alone.
-            snap = ldb.snapshot()
-            try:
-                return list(map(functools.partial(snap.get, fill_cache=False), mget_keys))
-            finally:
-                snap.close()
-
-        mget_fns = {"plyvel": plyvel_mget,
+        mget_fns = {"plyvel": lambda: plyvel_mget(ldb, mget_keys),
                     "pyelevator": lambda: ele.MGet(mget_keys),
                     "original": lambda: legacy.mget(mget_keys),
                     "redis": lambda: rds.mget(mget_keys)}
