@@ -43,6 +43,9 @@ class ErrorCode(enum.IntEnum):
     DATABASE = 6
     SIGNAL = 7
     REQUEST = 8  # malformed request (this project's server)
+    # Extensions (docs/protocol.rst): only sent to clients that send meta.id.
+    TIMEOUT = 9  # meta.timeout passed before the request started: nothing was done
+    AUTH = 10    # the client's CURVE key is not (or no longer) authorized
 
 
 # Commands bound to a database uid.
@@ -64,6 +67,21 @@ ALL_COMMANDS = DATA_COMMANDS | DB_COMMANDS
 # header key of every reply of the stream but the last.
 STREAM = "stream"
 MORE = "more"
+#: header key of every page of a streamed reply: its index, 0, 1, 2... (a gap, repeat or
+#: reversal is detected by the client and raised, never returned as a short answer)
+SEQ = "seq"
+#: request meta key: how many pages the server may send ahead of the reader's credits
+WINDOW = "window"
+DEFAULT_WINDOW = 4
+#: a notification, never answered: ``args`` = [stream id, n]; n > 0 grants n more pages,
+#: n == 0 closes the stream (the reader gave up)
+CREDIT = "CREDIT"
+#: request meta key: milliseconds (int) the client will wait for this reply, counted
+#: from when the server received it; a request not started by then fails with TIMEOUT
+TIMEOUT_MS = "timeout"
+#: reply header key: a map of machine-readable facts about a failure, e.g.
+#: {"limit": "max_message_size", "maximum": N, "value": M} or {"unknown_uid": uid}
+ERR_DETAIL = "err_detail"
 
 # WriteBatch op codes.
 BATCH_DELETE = 0
@@ -235,12 +253,15 @@ def encode_reply(datas: Any, *, status: int = Status.SUCCESS, compression: bool 
     return [msgpack.packb(header, use_bin_type=True), content]
 
 
-def encode_error_reply(code: int, message: str, *, id: Any = None) -> List[bytes]:
-    """The two reply frames of a failure; never compressed."""
+def encode_error_reply(code: int, message: str, *, id: Any = None,
+                       detail: Optional[dict] = None) -> List[bytes]:
+    """The two reply frames of a failure; never compressed. ``detail``: see ERR_DETAIL."""
     header = {"status": int(Status.FAILURE), "err_code": int(code), "err_msg": str(message),
               "compression": False}
     if id is not None:
         header["id"] = id
+    if detail:
+        header[ERR_DETAIL] = detail
     return [msgpack.packb(header, use_bin_type=True),
             msgpack.packb({"datas": None}, use_bin_type=True)]
 
