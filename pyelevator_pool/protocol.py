@@ -238,13 +238,16 @@ def decode_request(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Re
 
 def encode_reply(datas: Any, *, status: int = Status.SUCCESS, compression: bool = False,
                  id: Any = None, err_msg: Optional[str] = None,
-                 more: bool = False) -> List[bytes]:
+                 more: bool = False, seq: Optional[int] = None) -> List[bytes]:
     """The two reply frames ``[header, content]`` of a successful (or warning) reply.
-    ``more``: a page of a streamed reply that other pages follow (see encode_request)."""
+    ``more``: a page of a streamed reply that other pages follow (see encode_request);
+    ``seq``: the page's index in its stream (SEQ)."""
     header = {"status": int(status), "err_code": None, "err_msg": err_msg,
               "compression": bool(compression)}
     if more:
         header[MORE] = True
+    if seq is not None:
+        header[SEQ] = seq
     if id is not None:
         header["id"] = id
     content = msgpack.packb({"datas": datas}, use_bin_type=True)
@@ -254,12 +257,15 @@ def encode_reply(datas: Any, *, status: int = Status.SUCCESS, compression: bool 
 
 
 def encode_error_reply(code: int, message: str, *, id: Any = None,
-                       detail: Optional[dict] = None) -> List[bytes]:
-    """The two reply frames of a failure; never compressed. ``detail``: see ERR_DETAIL."""
+                       detail: Optional[dict] = None, seq: Optional[int] = None) -> List[bytes]:
+    """The two reply frames of a failure; never compressed. ``detail``: see ERR_DETAIL;
+    ``seq``: the failure ends a stream, as its page ``seq``."""
     header = {"status": int(Status.FAILURE), "err_code": int(code), "err_msg": str(message),
               "compression": False}
     if id is not None:
         header["id"] = id
+    if seq is not None:
+        header[SEQ] = seq
     if detail:
         header[ERR_DETAIL] = detail
     return [msgpack.packb(header, use_bin_type=True),
