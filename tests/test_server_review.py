@@ -133,14 +133,13 @@ def test_a_failing_worker_answers_with_the_request_id(tmp_path):
     raw = RawClient(server.endpoint)
     uid = raw.uid()  # DBCONNECT runs on the worker: before the fault is injected
 
-    def broken_replies(payload):
+    def broken_execute(task):
         raise MemoryError("injected")
-        yield  # pragma: no cover - a generator, like the real one
 
-    server.dispatcher.replies = broken_replies  # type: ignore[method-assign]
+    server._scheduler.execute = broken_execute  # type: ignore[method-assign,union-attr]
     try:
         with raw:
-            reply = raw.call(protocol.RANGE, [None, None], uid, id=42)
+            reply = raw.call(protocol.SLICE, [None, 1000], uid, id=42)  # heavy: a worker's
             assert reply.status == protocol.Status.FAILURE
             assert reply.err_code == protocol.ErrorCode.RUNTIME
             assert reply.id == 42

@@ -33,9 +33,12 @@ def _stream(raw: RawClient, cmd: str, args: list, uid: str, page: int, rid: int 
     while True:
         reply_frames = raw.recv_frames()
         head = protocol.decode_header(reply_frames[0])
+        if protocol.SEQ in head:
+            assert head[protocol.SEQ] == len(replies), head  # pages in order, none missing
         replies.append((head, protocol.decode_reply(reply_frames)))
         if not head.get(protocol.MORE):
             return replies
+        raw.sock.send(protocol.encode_request(protocol.CREDIT, [rid, 1]))  # one page taken
 
 
 def test_range_and_slice_of_several_pages_equal_the_data_in_order(loaded):

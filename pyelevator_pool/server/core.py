@@ -1,18 +1,21 @@
 """The server loop: one ROUTER socket, light commands inline, heavy ones on worker threads.
 
-Concurrency model (chosen by measuring, see the server README section / benchmarks):
-the main thread owns the ROUTER socket and answers cheap requests (GET, PUT,
-small MGET/BATCH, admin) inline, with no hand-off at all. Requests that may take
-long (RANGE, big SLICE/MGET/BATCH frames, DBREPAIR...) go to a small pool of
-worker threads (``workers``; 0 = everything inline), which send their replies
-back over an inproc PUSH socket that the main loop forwards. plyvel releases the
-GIL inside LevelDB, so a big RANGE no longer holds up a GET behind it. Replies to
-one DEALER may then come out of order, as with the original server's workers;
+The main thread owns the ROUTER socket and answers cheap requests (GET, PUT, small
+MGET/BATCH, most admin) itself, with no hand-off. Requests that may take long (RANGE,
+big SLICE/MGET/BATCH frames, DBREPAIR...) go to the :class:`Scheduler`, which hands them
+to ``workers`` threads one at a time, fairly between clients and in receipt order for
+the writes to one database; the workers send their replies back over an inproc PUSH
+socket that the loop forwards. The loop never stops reading: a client with too much
+waiting is refused (scheduler.py), and a client that does not read its replies has them
+held in a bounded backlog (outbox.py). plyvel releases the GIL inside LevelDB, so a big
+RANGE does not hold up a GET behind it. Replies to one DEALER may come out of order;
 clients that need order use ``meta.id``.
 """
 from __future__ import annotations
 
 import gc
+import io
+import itertools
 import logging
 import os
 import queue
@@ -21,8 +24,9 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+import msgpack
 import zmq
 
 from .. import protocol
@@ -30,6 +34,8 @@ from ..protocol import ErrorCode, ProtocolError, encode_error_reply
 from ..security import load_key_pair
 from .handlers import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE,
                        Dispatcher)
+from .outbox import Outbox, RateLimitedLog
+from .scheduler import Scheduler, Task
 from .store import Store
 
 __all__ = ["Config", "Server"]
@@ -37,15 +43,10 @@ __all__ = ["Config", "Server"]
 log = logging.getLogger("elevator.server")
 
 _RESULTS = "inproc://elevator-results"
-_MORE = b"more"  # the worker's mark on a streamed page that is not the last (never sent out)
 _TICK = 0.1            # seconds between checks of the stop flag and idle databases
+_BACKLOG_TICK = 0.01   # the same while some replies wait for a peer's queue to drain
 _BURST = 256           # requests read per wake-up before looking at worker replies
-#: heavy requests handed to the workers and not yet answered, per worker, beyond which
-#: the loop stops reading new requests: ZeroMQ's queues and TCP then push back on the
-#: clients, instead of the server's memory growing with a flood of 64 MiB batches.
-_QUEUED_PER_WORKER = 8
 _BIG_FRAME = 16 * 1024  # request frames above this are decoded on a worker
-_BIG_COUNT = 256       # MGET/BATCH/SLICE above this many items go to a worker
 _DRAIN_TIME = 10.0     # seconds a graceful stop spends answering what is in flight
 
 
@@ -137,8 +138,13 @@ class Server:
         self._results: Optional[zmq.Socket] = None
         self._tasks: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._threads: List[threading.Thread] = []
-        self._in_flight = 0
+        #: tasks handed to the workers and not yet answered, by task number
+        self._running: Dict[int, Task] = {}
+        self._task_ids = itertools.count()
         self._gc_paused = _GcPause()
+        self._rate_log = RateLimitedLog()
+        self._outbox: Optional[Outbox] = None
+        self._scheduler: Optional[Scheduler] = None
 
     # --------------------------------------------------------------- lifecycle
 
@@ -162,6 +168,7 @@ class Server:
         # disconnected); one a little over it reaches decode_request, which answers REQUEST.
         front.setsockopt(zmq.MAXMSGSIZE, limit + min(limit, 1024 * 1024))
         front.setsockopt(zmq.LINGER, 2000)
+        Outbox.configure(front)
         if self.config.transport == "tcp" and ":" in self.config.bind:
             front.setsockopt(zmq.IPV6, 1)
         try:
@@ -172,6 +179,8 @@ class Server:
             self.store.close_all()
             raise OSError(f"cannot bind {self.config.endpoint()}: {exc}") from None
         self.endpoint = front.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._outbox = Outbox(front, self._peer_gone, rate_log=self._rate_log)
+        self._scheduler = Scheduler(self.dispatcher, self._outbox, self._rate_log)
         if self.config.workers > 0:
             results = self._results = ctx.socket(zmq.PULL)
             results.bind(_RESULTS)
@@ -249,34 +258,38 @@ class Server:
 
     def serve(self) -> None:
         front, results = self._front, self._results
-        assert front is not None
+        outbox, scheduler = self._outbox, self._scheduler
+        assert front is not None and outbox is not None and scheduler is not None
         poller = zmq.Poller()
         poller.register(front, zmq.POLLIN)
-        # While the workers are saturated, only their replies are waited for.
-        saturated_poller = zmq.Poller()
         if results is not None:
             poller.register(results, zmq.POLLIN)
-            saturated_poller.register(results, zmq.POLLIN)
         unmount_after = self.config.unmount_after
         tick = max(0.05, min(1.0, unmount_after / 2)) if unmount_after > 0 else None
         next_tick = time.monotonic() + tick if tick else None
+        next_stream_check = time.monotonic() + 1.0
         try:
             while not self._stop.is_set():
-                saturated = self._is_saturated()
-                events = dict((saturated_poller if saturated else poller)
-                              .poll(int(_TICK * 1000)))
+                wait = _BACKLOG_TICK if outbox.has_backlog() else _TICK
+                events = dict(poller.poll(int(wait * 1000)))
                 if front in events:
                     self._read_requests(front, _BURST)
                 if results is not None and results in events:
-                    self._forward_replies(front, results, _BURST)
+                    self._forward_replies(results, _BURST)
+                self._pump()
+                outbox.flush()
                 if self._reload_keys.is_set():
                     self._reload_keys.clear()
                     try:
                         self._configure_keys()
                     except (OSError, ValueError) as exc:  # ValueError: a *.key without a key
                         log.error("reloading the authorized keys: %s (keeping the old ones)", exc)
-                if tick is not None and next_tick is not None and time.monotonic() >= next_tick:
-                    next_tick = time.monotonic() + tick
+                now = time.monotonic()
+                if now >= next_stream_check:
+                    next_stream_check = now + 1.0
+                    scheduler.close_idle_streams()
+                if tick is not None and next_tick is not None and now >= next_tick:
+                    next_tick = now + tick
                     for name in self.store.unmount_idle(unmount_after):
                         log.debug("idle database %s unmounted", name)
             self._drain(front, results)
@@ -284,25 +297,33 @@ class Server:
             self._shutdown()
 
     def _read_requests(self, front: zmq.Socket, budget: int) -> int:
+        """Read up to ``budget`` requests: answer the cheap ones now, queue the heavy ones
+        (and writes behind a queued write to their database) with the scheduler."""
         handled = 0
         recv = front.recv_multipart
-        send = front.send_multipart
+        send = self._outbox.send  # type: ignore[union-attr]
+        scheduler = self._scheduler
+        assert scheduler is not None
         workers = self.config.workers
         dispatcher = self.dispatcher
-        while handled < budget and not self._is_saturated():
+        received = time.monotonic()
+        while handled < budget:
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
             handled += 1
             if len(frames) != 2:
-                send([frames[0], *encode_error_reply(
-                    ErrorCode.REQUEST, f"request has {len(frames) - 1} frames, expected 1")])
+                rid = _peek(frames[1])[0] if len(frames) > 1 else None
+                send(frames[0], encode_error_reply(
+                    ErrorCode.REQUEST, f"request has {len(frames) - 1} frames, expected 1",
+                    id=rid))
                 continue
             ident, frame = frames
             big = len(frame) > _BIG_FRAME
             if big and workers:
-                self._submit(ident, frame)  # even its decoding is heavy
+                rid, cmd, uid = _peek(frame)  # even its decoding is heavy: a worker does it
+                scheduler.submit(ident, received, frame=frame, rid=rid, cmd=cmd, uid=uid)
                 continue
             try:
                 if big:
@@ -311,40 +332,48 @@ class Server:
                 else:
                     request = dispatcher.decode(frame)
             except ProtocolError as exc:
-                send([ident, *encode_error_reply(exc.code, str(exc), id=exc.id)])
+                send(ident, dispatcher.decode_failure(exc))
                 continue
-            if big or self._is_heavy(request):
-                if workers:
-                    self._submit(ident, request)
-                    continue
-                with self._gc_paused:
-                    reply = dispatcher.run(request)
-            else:
-                reply = dispatcher.run(request)
-            send([ident, *reply], copy=False)
+            if request.cmd == protocol.CREDIT:
+                scheduler.credit(ident, request.args)
+                continue
+            if big or scheduler.is_heavy(request) or scheduler.write_must_wait(
+                    request.cmd, request.uid) or dispatcher.stream_page(request):
+                scheduler.submit(ident, received, request=request)
+                continue
+            reply = scheduler.expired_reply(request, received) or dispatcher.run(request)
+            send(ident, reply)
         return handled
 
-    @staticmethod
-    def _is_heavy(request: protocol.Request) -> bool:
-        cmd, args = request.cmd, request.args
-        if cmd == protocol.RANGE or cmd in _SLOW_ADMIN:
-            return True
-        if cmd in _BULK and args:
-            first = args[1] if cmd == protocol.SLICE and len(args) > 1 else args[0]
-            if isinstance(first, int):
-                return first > _BIG_COUNT
-            return isinstance(first, list) and len(first) > _BIG_COUNT
-        return False
-
-    def _is_saturated(self) -> bool:
+    def _pump(self) -> None:
+        """Give the workers what the scheduler says may run next (run it here without
+        workers)."""
+        scheduler = self._scheduler
+        assert scheduler is not None
         workers = self.config.workers
-        return bool(workers) and self._in_flight >= workers * _QUEUED_PER_WORKER
+        while not workers or len(self._running) < workers:
+            task = scheduler.next_task()
+            if task is None:
+                return
+            if not workers:
+                with self._gc_paused:
+                    frames = self._execute(task)
+                scheduler.complete(task, frames)
+                continue
+            tid = next(self._task_ids)
+            self._running[tid] = task
+            self._tasks.put((tid, task))
 
-    def _submit(self, ident: bytes, payload: Any) -> None:
-        self._in_flight += 1
-        self._tasks.put((ident, payload))
+    def _execute(self, task: Task) -> List[Any]:
+        try:
+            return self._scheduler.execute(task)  # type: ignore[union-attr]
+        except BaseException as exc:  # execute never raises, bar a bug or MemoryError
+            log.exception("worker failed")
+            return encode_error_reply(ErrorCode.RUNTIME, f"internal error: {exc}", id=task.rid)
 
-    def _forward_replies(self, front: zmq.Socket, results: zmq.Socket, budget: int) -> int:
+    def _forward_replies(self, results: zmq.Socket, budget: int) -> int:
+        scheduler = self._scheduler
+        assert scheduler is not None
         n = 0
         while n < budget:
             try:
@@ -352,11 +381,8 @@ class Server:
             except zmq.Again:
                 break
             n += 1
-            if len(frames) == 4:  # a page of a streamed reply that more pages follow
-                frames.pop()
-            else:
-                self._in_flight -= 1
-            front.send_multipart(frames, copy=False)
+            task = self._running.pop(int.from_bytes(frames[0].bytes, "little"))
+            scheduler.complete(task, frames[1:])
         return n
 
     def _worker(self) -> None:
@@ -364,38 +390,23 @@ class Server:
         out = self._ctx.socket(zmq.PUSH)
         out.setsockopt(zmq.LINGER, -1)
         out.connect(_RESULTS)
-        dispatcher = self.dispatcher
         try:
             while True:
-                task = self._tasks.get()
-                if task is None:
+                item = self._tasks.get()
+                if item is None:
                     break
-                ident, payload = task
-                try:
-                    with self._gc_paused:
-                        # One reply, or the pages of a streamed RANGE/SLICE, each sent as
-                        # soon as it is packed; all but the last carry _MORE for the
-                        # forwarder, which counts a request answered at its last reply.
-                        for reply, last in dispatcher.replies(payload):
-                            out.send_multipart([ident, *reply] if last
-                                               else [ident, *reply, _MORE], copy=False)
-                except BaseException as exc:  # replies() never raises, bar a bug or MemoryError
-                    log.exception("worker failed")
-                    out.send_multipart([ident, *encode_error_reply(
-                        ErrorCode.RUNTIME, f"internal error: {exc}", id=self._request_id(payload))],
-                        copy=False)
+                tid, task = item
+                with self._gc_paused:
+                    frames = self._execute(task)
+                out.send_multipart([tid.to_bytes(8, "little"), *frames], copy=False)
         finally:
             out.close()
 
-    def _request_id(self, payload: Any) -> Any:
-        """The ``meta.id`` of a task (a Request or a request frame), for an error reply;
-        None when it has none or cannot be decoded."""
-        if isinstance(payload, protocol.Request):
-            return payload.id
-        try:
-            return self.dispatcher.decode(payload).id
-        except Exception:
-            return None
+    def _peer_gone(self, ident: bytes) -> None:
+        self._rate_log(logging.INFO, "peer-gone", "a client went away before its replies "
+                       "were sent; its queued reads and streams are dropped")
+        if self._scheduler is not None:
+            self._scheduler.peer_gone(ident)
 
     # ------------------------------------------------------------------ stop
 
@@ -404,28 +415,31 @@ class Server:
 
         The listener is not unbound first: in libzmq that also closes the connections it
         accepted, and the replies of requests still in the workers would be lost. The
-        requests already queued are read (while the workers are saturated, reading waits
-        for their replies), then no more are, and the workers' replies are forwarded;
+        requests already queued are read, run and answered, open streams are ended with
+        a failure page, and what the clients' queues could not take yet is flushed;
         closing the socket afterwards ends every connection.
         """
+        scheduler, outbox = self._scheduler, self._outbox
+        assert scheduler is not None and outbox is not None
         deadline = time.monotonic() + _DRAIN_TIME
         reading = True
         while time.monotonic() < deadline:
-            read = 0
-            if reading and not self._is_saturated():
-                read = self._read_requests(front, _BURST)
-                # Nothing to read while the workers could take more: every request
-                # received before the stop has been read.
-                reading = read > 0
-            forwarded = (self._forward_replies(front, results, _BURST)
-                         if results is not None else 0)
-            if not read and not forwarded:
-                if not reading and (results is None or self._in_flight == 0):
+            read = self._read_requests(front, _BURST) if reading else 0
+            reading = read > 0  # nothing left to read: everything received has been read
+            forwarded = self._forward_replies(results, _BURST) if results is not None else 0
+            self._pump()
+            outbox.flush()
+            if not reading and not forwarded and not self._running and not scheduler.has_work():
+                if scheduler.open_streams():
+                    scheduler.end_streams("the server is stopping: stream ended")
+                    continue
+                if not outbox.has_backlog():
                     break
-                if results is not None:
-                    results.poll(50)
-        if self._in_flight:
-            log.warning("stopping with %d requests unanswered", self._in_flight)
+                time.sleep(_BACKLOG_TICK)
+            elif results is not None and not read and not forwarded:
+                results.poll(50)
+        if self._running or outbox.has_backlog():
+            log.warning("stopping with %d requests unanswered", len(self._running))
 
     def _shutdown(self) -> None:
         for _ in self._threads:
@@ -449,6 +463,32 @@ class Server:
         log.info("elevator-server stopped")
 
 
-_BULK = frozenset({protocol.MGET, protocol.BATCH, protocol.SLICE})
-_SLOW_ADMIN = frozenset({protocol.DBREPAIR, protocol.DBCREATE, protocol.DBDROP,
-                         protocol.DBMOUNT, protocol.DBUMOUNT, protocol.DBCONNECT})
+
+def _peek(frame: bytes) -> Tuple[Any, Optional[str], Optional[str]]:
+    """``(meta.id, cmd, uid)`` of a request frame, read without decoding its args (which a
+    worker decodes); Nones for what cannot be read. Never raises."""
+    rid = cmd = uid = None
+    try:
+        unpacker = msgpack.Unpacker(io.BytesIO(frame), raw=True, strict_map_key=False,
+                                    read_size=4096)
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == b"meta":
+                meta = unpacker.unpack()
+                if isinstance(meta, dict):
+                    rid = meta.get(b"id")
+                    rid = rid.decode("utf-8", "replace") if isinstance(rid, bytes) else rid
+            elif key in (b"cmd", b"uid"):
+                value = unpacker.unpack()
+                text = value.decode("utf-8", "replace") if isinstance(value, bytes) else None
+                if key == b"cmd":
+                    cmd = text
+                else:
+                    uid = text
+            else:
+                unpacker.skip()
+            if rid is not None and cmd is not None and uid is not None:
+                break
+    except Exception:
+        pass
+    return rid, cmd, uid

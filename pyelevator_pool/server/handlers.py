@@ -47,10 +47,16 @@ _CHUNK = 16384
 _STREAMABLE = frozenset({protocol.RANGE, protocol.SLICE})
 
 
-def _over_limit(cmd: str, what: str, limit: int, name: str, advice: str) -> CommandError:
-    # "(name)" is how a client recognises an over-limit failure (see LIMITS).
-    return CommandError(f"{cmd}: {what} exceeds the server's limit of {limit} ({name}); {advice}",
-                        ErrorCode.VALUE)
+def _over_limit(cmd: str, what: str, limit: int, name: str, advice: str,
+                value: Optional[int] = None) -> CommandError:
+    exc = CommandError(f"{cmd}: {what} exceeds the server's limit of {limit} ({name}); {advice}",
+                       ErrorCode.VALUE)
+    # The machine-readable form a client acts on (protocol.ERR_DETAIL); "(name)" stays in
+    # the text for clients that predate it.
+    exc.detail = {"limit": name, "maximum": limit}  # type: ignore[attr-defined]
+    if value is not None:
+        exc.detail["value"] = value  # type: ignore[attr-defined]
+    return exc
 
 
 def _arity(cmd: str, args: list, low: int, high: Optional[int] = None) -> None:
@@ -130,31 +136,22 @@ class Dispatcher:
         """decode_request with this server's size limit (raises ProtocolError)."""
         return decode_request(frame, self.max_message_size)
 
+    @staticmethod
+    def decode_failure(exc: ProtocolError) -> List[bytes]:
+        """The failure reply for a request that did not decode (with its id, when read)."""
+        return encode_error_reply(exc.code, str(exc), id=exc.id,
+                                  detail=getattr(exc, "detail", None))
+
     def handle(self, frame: bytes) -> List[bytes]:
         """The reply frames ``[header, content]`` for one request frame. Never raises."""
         try:
             request = decode_request(frame, self.max_message_size)
         except ProtocolError as exc:
-            return encode_error_reply(exc.code, str(exc), id=getattr(exc, "id", None))
+            return self.decode_failure(exc)
         except Exception as exc:  # pragma: no cover - a decoder bug must not kill the loop
             log.exception("decoding a request")
             return encode_error_reply(ErrorCode.REQUEST, f"undecodable request: {exc}")
         return self.run(request)
-
-    def replies(self, payload: Any) -> Iterator[Tuple[List[bytes], bool]]:
-        """``(reply frames, is_last)`` for a request frame or a decoded Request: one reply,
-        or the pages of a streamed RANGE/SLICE (:meth:`run_stream`). Never raises."""
-        if not isinstance(payload, protocol.Request):
-            try:
-                payload = decode_request(payload, self.max_message_size)
-            except Exception:
-                yield self.handle(payload), True  # the same failure reply as handle's
-                return
-        page = self.stream_page(payload)
-        if not page:
-            yield self.run(payload), True
-            return
-        yield from self.run_stream(payload, page)
 
     def run(self, request: protocol.Request) -> List[bytes]:
         """The reply frames for a decoded request. Never raises."""
@@ -173,21 +170,32 @@ class Dispatcher:
             return encode_error_reply(ErrorCode.RUNTIME, f"{request.cmd}: {exc}", id=rid)
 
     @staticmethod
-    def _failure(request: protocol.Request, exc: Exception) -> List[bytes]:
-        """The failure reply for an exception raised while running ``request``."""
+    def _failure(request: protocol.Request, exc: Exception,
+                 seq: Optional[int] = None) -> List[bytes]:
+        """The failure reply for an exception raised while running ``request`` (``seq``:
+        the page of a stream it ends)."""
         rid, cmd = request.id, request.cmd
         if isinstance(exc, (CommandError, ProtocolError)):
-            return encode_error_reply(exc.code, str(exc), id=rid)
+            return encode_error_reply(exc.code, str(exc), id=rid, seq=seq,
+                                      detail=getattr(exc, "detail", None))
+        return Dispatcher._unexpected_failure(request, exc, seq)
+
+    @staticmethod
+    def _unexpected_failure(request: protocol.Request, exc: Exception,
+                            seq: Optional[int]) -> List[bytes]:
+        rid, cmd = request.id, request.cmd
         if isinstance(exc, TypeError):  # plyvel's answer to a non-bytes key or value
-            return encode_error_reply(ErrorCode.TYPE, f"{cmd}: {exc}", id=rid)
-        if isinstance(exc, plyvel.Error):
-            return encode_error_reply(ErrorCode.DATABASE, f"{cmd}: {exc}", id=rid)
-        if isinstance(exc, (ValueError, OverflowError)):
-            return encode_error_reply(ErrorCode.VALUE, f"{cmd}: {exc}", id=rid)
-        if isinstance(exc, OSError):
-            return encode_error_reply(ErrorCode.OS, f"{cmd}: {exc}", id=rid)
-        log.error("%s failed", cmd, exc_info=exc)
-        return encode_error_reply(ErrorCode.RUNTIME, f"{cmd}: {exc}", id=rid)
+            code = ErrorCode.TYPE
+        elif isinstance(exc, plyvel.Error):
+            code = ErrorCode.DATABASE
+        elif isinstance(exc, (ValueError, OverflowError)):
+            code = ErrorCode.VALUE
+        elif isinstance(exc, OSError):
+            code = ErrorCode.OS
+        else:
+            log.error("%s failed", cmd, exc_info=exc)
+            code = ErrorCode.RUNTIME
+        return encode_error_reply(code, f"{cmd}: {exc}", id=rid, seq=seq)
 
     # -------------------------------------------------------- streamed replies
 
@@ -211,30 +219,34 @@ class Dispatcher:
         Never raises: an error ends the stream with a failure reply."""
         pages = self._pages(request, page)
         compression = request.compression
-        while True:
-            try:
-                chunk, last = next(pages)
-            except StopIteration:  # pragma: no cover - _pages always ends with last=True
-                return
-            except Exception as exc:
-                yield self._failure(request, exc), True
-                return
-            try:
-                frames = encode_reply(chunk, compression=compression, id=request.id,
-                                      more=not last)
-            except CompressionUnavailable:
-                compression = False  # the header says so; the client honours it
-                frames = encode_reply(chunk, id=request.id, more=not last)
-            if len(frames[1]) > self.max_reply_size:
-                yield self._failure(request, _over_limit(
-                    request.cmd, f"a page of more than {self.max_reply_size} bytes",
-                    self.max_reply_size, "max_reply_size", "ask for smaller pages")), True
-                pages.close()
-                return
-            yield frames, last
-            if last:
-                pages.close()
-                return
+        seq = 0
+        try:
+            while True:
+                try:
+                    chunk, last = next(pages)
+                except StopIteration:  # pragma: no cover - _pages always ends with last=True
+                    return
+                except Exception as exc:
+                    yield self._failure(request, exc, seq), True
+                    return
+                try:
+                    frames = encode_reply(chunk, compression=compression, id=request.id,
+                                          more=not last, seq=seq)
+                except CompressionUnavailable:
+                    compression = False  # the header says so; the client honours it
+                    frames = encode_reply(chunk, id=request.id, more=not last, seq=seq)
+                if len(frames[1]) > self.max_reply_size:
+                    yield self._failure(request, _over_limit(
+                        request.cmd, f"a page of more than {self.max_reply_size} bytes",
+                        self.max_reply_size, "max_reply_size", "ask for smaller pages"),
+                        seq), True
+                    return
+                yield frames, last
+                if last:
+                    return
+                seq += 1
+        finally:
+            pages.close()  # the iterator and the database handle, however the stream ends
 
     def _pages(self, request: protocol.Request, page: int
                ) -> Generator[Tuple[list, bool], None, None]:
@@ -313,7 +325,7 @@ class Dispatcher:
             return _SUCCESS, []
         if len(keys) > self.max_keys:
             raise _over_limit("MGET", f"{len(keys)} keys", self.max_keys, "max_keys",
-                              "split the keys into several MGETs")
+                              "split the keys into several MGETs", len(keys))
         # One snapshot: every value read at the same instant. map() keeps the loop in C;
         # plyvel raises TypeError for a non-bytes key. Read in chunks so that the reply's
         # size is checked before it can outgrow max_reply_size.
@@ -435,7 +447,7 @@ class Dispatcher:
                                ErrorCode.TYPE)
         if len(ops) > self.max_keys:
             raise _over_limit("BATCH", f"{len(ops)} operations", self.max_keys, "max_keys",
-                              "a batch is atomic: write several smaller batches")
+                              "a batch is atomic: write several smaller batches", len(ops))
         # A WriteBatch is only buffered until write(): a bad op anywhere means nothing is written.
         wb = db.write_batch(sync=self.sync)
         put, delete = wb.put, wb.delete
