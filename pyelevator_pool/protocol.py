@@ -1,6 +1,6 @@
 """The Elevator wire protocol: pure encode/decode, no I/O.
 
-Both the client and the server call these functions. See ``shared/PROTOCOL.md``:
+Both the client and the server call these functions. See ``docs/protocol.rst``:
 a request is ONE msgpack frame ``{"meta": {...}, "uid": str|nil, "cmd": str,
 "args": [...]}``; a reply is TWO frames, a header map ``{"status", "err_code",
 "err_msg", "compression"[, "id"]}`` and a content map ``{"datas": D}`` (lz4

@@ -1,6 +1,6 @@
 """The documented py-elevator API, in Python 3, against a real elevator-server.
 
-The first tests are the examples of ``shared/seed/py-elevator-docs.rst``, one each,
+The first tests are the examples of the original py-elevator documentation, one each,
 in the order of that document. Values come back as bytes (``decode_responses=True``
 gives str).
 """

@@ -54,7 +54,7 @@ def slot(right):
     return st.one_of(right, right, anything)
 
 
-#: each command's argument shapes (PROTOCOL.md), slot by slot. DBCREATE never gets a
+#: each command's argument shapes (docs/protocol.rst), slot by slot. DBCREATE never gets a
 #: string name (no databases pile up) and DBREPAIR never a valid uid (see the uid draw).
 SHAPES = {
     "GET": st.tuples(slot(keys)),

@@ -1,4 +1,4 @@
-"""Integration: every command of PROTOCOL.md against a real elevator-server, with result shapes.
+"""Integration: every command of docs/protocol.rst against a real elevator-server, with result shapes.
 
 One server for the module; each test works in its own keys (prefixed by the test name)
 or its own database.
