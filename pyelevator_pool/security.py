@@ -11,13 +11,15 @@ public key, ``NAME.key_secret`` both keys) made by ``elevator-server keygen``.
 from __future__ import annotations
 
 import os
-from typing import Tuple, Union
+import stat
+from typing import List, Set, Tuple, Union
 
 import zmq
 import zmq.auth
 import zmq.utils.z85
 
-__all__ = ["CurveKeys", "generate_certificates", "load_public_key", "load_key_pair"]
+__all__ = ["CurveKeys", "generate_certificates", "load_public_key", "load_key_pair",
+           "load_authorized_keys", "permission_problems"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -26,12 +28,19 @@ _Z85_KEY_LENGTH = 40
 
 def _key(name: str, value: object) -> bytes:
     if isinstance(value, str):
-        value = value.encode("ascii", "replace")
+        try:
+            value = value.encode("ascii")
+        except UnicodeEncodeError:
+            # Never replace: "?" is a Z85 character, and the key would silently differ.
+            raise ValueError(f"{name} must be an ASCII Z85 key (as made by elevator-server "
+                             "keygen), not a string with non-ASCII characters") from None
     if not isinstance(value, bytes):
         raise TypeError(f"{name} must be a Z85 key (str or bytes), not {type(value).__name__}")
     if len(value) != _Z85_KEY_LENGTH:
         raise ValueError(f"{name} must be a {_Z85_KEY_LENGTH}-character Z85 key "
                          f"(as made by elevator-server keygen), not {len(value)} characters")
+    if not value.isascii():
+        raise ValueError(f"{name} must be an ASCII Z85 key, not bytes with non-ASCII values")
     try:
         zmq.utils.z85.decode(value)
     except Exception:
@@ -59,6 +68,48 @@ def load_key_pair(path: PathLike) -> Tuple[bytes, bytes]:
                          "file, not the public NAME.key")
     return (_key(f"the public key in {os.fspath(path)}", public),
             _key(f"the secret key in {os.fspath(path)}", secret))
+
+
+def load_authorized_keys(directory: PathLike) -> Set[bytes]:
+    """The public keys of the ``*.key`` certificate files in ``directory`` (other files are
+    ignored), as the server checks them against each request's CURVE key.
+
+    Raises OSError when the directory cannot be read, ValueError naming the first file
+    that holds no valid key (a malformed key is never skipped silently).
+    """
+    directory = os.fspath(directory)
+    keys: Set[bytes] = set()
+    for entry in sorted(os.listdir(directory)):
+        if entry.endswith(".key"):
+            path = os.path.join(directory, entry)
+            try:
+                keys.add(load_public_key(path))
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+    return keys
+
+
+def permission_problems(secret_key_file: PathLike, authorized_dir: PathLike) -> List[str]:
+    """What is wrong with the modes of the server's key files: a secret key readable by
+    group/others, an authorized-keys directory writable by group/others.
+    Empty when nothing is; ``authorized_dir`` "*" is not a directory and not checked.
+
+    Raises OSError when a file cannot be stat'ed.
+    """
+    problems = []
+    secret_key_file = os.fspath(secret_key_file)
+    mode = stat.S_IMODE(os.stat(secret_key_file).st_mode)
+    if mode & 0o077:
+        problems.append(f"the secret key {secret_key_file} is readable by group/others "
+                        f"(mode {mode:04o}): chmod 600 it")
+    authorized_dir = os.fspath(authorized_dir)
+    if authorized_dir != "*":
+        mode = stat.S_IMODE(os.stat(authorized_dir).st_mode)
+        if mode & 0o022:
+            problems.append(f"the authorized keys directory {authorized_dir} is writable by "
+                            f"group/others (mode {mode:04o}): anyone who can write there can "
+                            "let a client in; chmod go-w it")
+    return problems
 
 
 def generate_certificates(directory: PathLike, name: str) -> Tuple[str, str]:
