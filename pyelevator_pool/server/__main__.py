@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unmount-after", type=_seconds, default=600.0, metavar="SECONDS",
                    help="close databases idle this long (default always stays mounted); "
                         "0 never (default: %(default)s)")
+    p.add_argument("--heartbeat-interval", type=_seconds, default=5.0, metavar="SECONDS",
+                   help="ZMTP heartbeat to every client this often; a client silent for 3 "
+                        "intervals is dropped and its file descriptor freed; 0 off "
+                        "(default: %(default)s)")
     p.add_argument("--ready-file", metavar="PATH",
                    help="once listening, write the bound endpoint (e.g. tcp://127.0.0.1:4141) "
                         "to PATH")
@@ -200,7 +204,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     ready_file=args.ready_file, max_keys=args.max_keys, max_items=args.max_items,
                     max_reply_size=args.max_reply_size,
                     curve_secret_key=args.curve_secret_key,
-                    curve_authorized_keys=args.curve_authorized_keys)
+                    curve_authorized_keys=args.curve_authorized_keys,
+                    heartbeat_interval=args.heartbeat_interval)
     server = Server(config)
     server.install_signal_handlers()  # a SIGTERM during startup stops it as cleanly
     try:

@@ -71,6 +71,9 @@ class Config:
     #: a directory of authorized clients' public certificates (NAME.key), or "*": any
     #: client that knows the server's public key (encryption without authentication)
     curve_authorized_keys: Optional[str] = None
+    #: seconds between ZMTP heartbeats on each connection; a peer silent for 3 of them is
+    #: dropped (its file descriptor freed). 0: no heartbeats
+    heartbeat_interval: float = 5.0
 
     def endpoint(self) -> str:
         if self.transport == "ipc":
@@ -150,8 +153,9 @@ class Server:
 
     def start(self) -> str:
         """Load the databases, bind the socket, start workers; returns the bound endpoint."""
+        self._raise_fd_limit()
         self.store.load()
-        ctx = self._ctx = zmq.Context()
+        ctx = self._ctx = _ServerContext()
         front = self._front = ctx.socket(zmq.ROUTER)
         if self.config.curve_secret_key is not None:
             try:
@@ -168,6 +172,7 @@ class Server:
         # disconnected); one a little over it reaches decode_request, which answers REQUEST.
         front.setsockopt(zmq.MAXMSGSIZE, limit + min(limit, 1024 * 1024))
         front.setsockopt(zmq.LINGER, 2000)
+        self._configure_heartbeat(front)
         Outbox.configure(front)
         if self.config.transport == "tcp" and ":" in self.config.bind:
             front.setsockopt(zmq.IPV6, 1)
@@ -179,6 +184,7 @@ class Server:
             self.store.close_all()
             raise OSError(f"cannot bind {self.config.endpoint()}: {exc}") from None
         self.endpoint = front.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._monitor_front(ctx, front)
         self._outbox = Outbox(front, self._peer_gone, rate_log=self._rate_log)
         self._scheduler = Scheduler(self.dispatcher, self._outbox, self._rate_log)
         if self.config.workers > 0:
@@ -209,7 +215,12 @@ class Server:
         """CURVE on the ROUTER socket, and a ZAP handler that checks client keys."""
         from zmq.auth.thread import ThreadAuthenticator
 
+        from ..security import permission_problems
+
         public, secret = load_key_pair(secret_key_file)
+        assert self.config.curve_authorized_keys is not None
+        for problem in permission_problems(secret_key_file, self.config.curve_authorized_keys):
+            log.warning("%s", problem)
         self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("elevator.auth"))
         self._auth.start()
         self._configure_keys()
@@ -219,21 +230,169 @@ class Server:
         log.info("CURVE on: server public key %s", public.decode())
 
     def _configure_keys(self) -> None:
-        """(Re)load the authorized client keys (at start and on SIGHUP)."""
-        from zmq.auth import CURVE_ALLOW_ANY, load_certificates
+        """(Re)load the authorized client keys (at start and on SIGHUP).
+
+        The handshake (ZAP) and the per-request check of open connections both read the
+        one set loaded here, so a reload that removes a key also cuts its open connections
+        off. Raises OSError for an unreadable directory, ValueError for a malformed key
+        file; the keys loaded before are then kept.
+        """
+        from zmq.auth import CURVE_ALLOW_ANY
+
+        from ..security import load_authorized_keys
 
         location = self.config.curve_authorized_keys
         assert location is not None and self._auth is not None
         if location == CURVE_ALLOW_ANY:
             log.warning("CURVE with --curve-authorized-keys '*': traffic is encrypted, but "
                         "any client that knows the server's public key gets in")
-        else:
-            count = len(load_certificates(location))  # raises OSError for a missing dir
-            log.info("CURVE: %d authorized client keys in %s", count, location)
-            if not count:
-                log.warning("no client key (*.key) in %s: every client will be refused",
-                            location)
-        self._auth.configure_curve(domain="*", location=location)
+            self._peer_keys = None
+            self._auth.configure_curve(domain="*", location=location)
+            return
+        keys = frozenset(load_authorized_keys(location))
+        self._peer_keys = keys
+        log.info("CURVE: %d authorized client keys in %s", len(keys), location)
+        if not keys:
+            log.warning("no client key (*.key) in %s: every client will be refused", location)
+        if not self._auth.credentials_providers:
+            self._auth.configure_curve_callback(domain="*", credentials_provider=_KeyCheck(self))
+
+    # Set by _configure_keys (None: no per-request key check) and _monitor_front.
+    _peer_keys: Optional[frozenset[bytes]] = None
+    _front_monitor: Optional[zmq.Socket] = None
+    _monitor_next_read = 0.0
+    _accept_failures = 0
+    _accept_errno = 0
+    _accept_log_next = 0.0
+
+    def _peer_allowed(self, frame: Any) -> bool:
+        """Whether the sender of ``frame`` (received with copy=False) may still be served:
+        True without CURVE or with '*', else whether its CURVE key (the User-Id that ZAP
+        set) is among the keys loaded last."""
+        keys = self._peer_keys
+        if keys is None:
+            return True
+        try:
+            user = frame.get("User-Id")
+        except (zmq.ZMQError, AttributeError, KeyError):  # no metadata: not a CURVE peer
+            return False
+        return isinstance(user, str) and user.encode("ascii", "replace") in keys
+
+    def _auth_refusal(self, frames: List[Any]) -> List[bytes]:
+        """The reply frames (after the routing id) refusing a request of a revoked key."""
+        payload = frames[-1].bytes if len(frames) == 2 else None
+        return encode_error_reply(
+            ErrorCode.AUTH, "this client's CURVE key is no longer authorized (removed from "
+            "--curve-authorized-keys and reloaded): the request was not run",
+            id=_peek(payload)[0] if payload is not None else None)
+
+    def _recv_authorized(self, flags: int = 0) -> Optional[List[bytes]]:
+        """Receive one request with its sender's key checked: its frames, or None when the
+        key was revoked (the refusal is then already sent). Raises zmq.Again as recv does."""
+        front = self._front
+        assert front is not None
+        frames = front.recv_multipart(flags, copy=False)
+        if not self._peer_allowed(frames[-1]):
+            ident, refusal = frames[0].bytes, self._auth_refusal(frames)
+            if self._outbox is not None:
+                self._outbox.send(ident, refusal)
+            else:
+                front.send_multipart([ident, *refusal])
+            return None
+        return [f.bytes for f in frames]
+
+    def _raise_fd_limit(self) -> None:
+        """Raise the soft limit of open files to the hard one: every connection holds one."""
+        try:
+            import resource
+        except ImportError:  # not a POSIX system
+            return
+        try:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            infinity = resource.RLIM_INFINITY
+            # Linux caps an unlimited hard limit at fs.nr_open (2**20 by default).
+            target = hard if hard != infinity else max(soft, 1 << 20)
+            if soft == infinity or soft >= target:
+                log.info("open files limit: %s", "unlimited" if soft == infinity else soft)
+                return
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("open files limit raised from %d to %d", soft, target)
+        except (OSError, ValueError) as exc:
+            log.warning("could not raise the open files limit: %s", exc)
+
+    def _configure_heartbeat(self, front: zmq.Socket) -> None:
+        """ZMTP heartbeats: a peer that answers none for 3 intervals is dropped, and its
+        file descriptor freed, instead of being held until TCP notices (hours)."""
+        interval = self.config.heartbeat_interval
+        if not interval or interval <= 0:
+            return
+        ms = max(1, int(interval * 1000))
+        front.setsockopt(zmq.HEARTBEAT_IVL, ms)
+        front.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ms)
+        front.setsockopt(zmq.HEARTBEAT_TTL, min(3 * ms, 6553500))  # its max: 6553.5 s
+
+    def _monitor_front(self, ctx: "_ServerContext", front: zmq.Socket) -> None:
+        """Watch the ROUTER for failed accepts (out of file descriptors, above all)."""
+        try:
+            monitor = front.get_monitor_socket(zmq.EVENT_ACCEPT_FAILED)
+        except zmq.ZMQError as exc:
+            log.warning("cannot monitor the listening socket: %s", exc)
+            return
+        monitor.linger = 0
+        ctx.close_first.append(monitor)
+        self._front_monitor = monitor
+
+    def _drain_front_monitor(self) -> None:
+        """Read the ROUTER's monitor events (call every loop tick): failed accepts are
+        logged, at most one line a second, with how many failed and why."""
+        import struct
+
+        monitor = self._front_monitor
+        if monitor is None or monitor.closed:
+            return
+        if self._stop.is_set():
+            # Nobody reads it from now on, and libzmq blocks its I/O thread on a full monitor.
+            self._close_front_monitor()
+            return
+        now = time.monotonic()
+        if now < self._monitor_next_read:
+            return
+        self._monitor_next_read = now + 0.1
+        for _ in range(10000):  # bounded: a spinning listener queues up to the HWM
+            try:
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                return
+            if len(frames) >= 1 and len(frames[0]) >= 6:
+                event, value = struct.unpack("=HI", frames[0][:6])
+                if event == zmq.EVENT_ACCEPT_FAILED:
+                    self._accept_failures += 1
+                    self._accept_errno = value
+        if self._accept_failures and now >= self._accept_log_next:
+            self._accept_log_next = now + 1.0
+            limit = _open_files_limit()
+            log.error("cannot accept new connections: %d accept failures (%s)%s; existing "
+                      "clients are still served", self._accept_failures,
+                      os.strerror(self._accept_errno) if self._accept_errno else "unknown",
+                      f"; open files limit {limit}" if limit else "")
+            self._accept_failures = 0
+
+    def _close_front_monitor(self) -> None:
+        """Stop the ROUTER's event monitor and close its socket (main thread only)."""
+        monitor, self._front_monitor = self._front_monitor, None
+        if monitor is None:
+            return
+        try:
+            if self._front is not None and not self._front.closed:
+                self._front.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        ctx = self._ctx
+        if isinstance(ctx, _ServerContext) and monitor in ctx.close_first:
+            ctx.close_first.remove(monitor)
+        monitor.close(0)
 
     def stop(self) -> None:
         """Ask the loop to stop: it answers what is in flight, then closes everything."""
@@ -284,6 +443,7 @@ class Server:
                         self._configure_keys()
                     except (OSError, ValueError) as exc:  # ValueError: a *.key without a key
                         log.error("reloading the authorized keys: %s (keeping the old ones)", exc)
+                self._drain_front_monitor()
                 now = time.monotonic()
                 if now >= next_stream_check:
                     next_stream_check = now + 1.0
@@ -300,7 +460,8 @@ class Server:
         """Read up to ``budget`` requests: answer the cheap ones now, queue the heavy ones
         (and writes behind a queued write to their database) with the scheduler."""
         handled = 0
-        recv = front.recv_multipart
+        # CURVE with a key directory: every request's sender is checked (revoked keys).
+        recv = front.recv_multipart if self._peer_keys is None else self._recv_authorized
         send = self._outbox.send  # type: ignore[union-attr]
         scheduler = self._scheduler
         assert scheduler is not None
@@ -313,6 +474,8 @@ class Server:
             except zmq.Again:
                 break
             handled += 1
+            if frames is None:  # a revoked CURVE key: _recv_authorized sent the refusal
+                continue
             if len(frames) != 2:
                 rid = _peek(frames[1])[0] if len(frames) > 1 else None
                 send(frames[0], encode_error_reply(
@@ -492,3 +655,40 @@ def _peek(frame: bytes) -> Tuple[Any, Optional[str], Optional[str]]:
     except Exception:
         pass
     return rid, cmd, uid
+
+
+class _ServerContext(zmq.Context):
+    """The server's context: its term() first closes the sockets in ``close_first`` (the
+    ROUTER's event monitor), which would otherwise keep term() waiting forever."""
+
+    close_first: List[zmq.Socket]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.close_first = []
+
+    def term(self) -> None:
+        while self.close_first:
+            self.close_first.pop().close(0)
+        super().term()
+
+
+class _KeyCheck:
+    """The ZAP handler's CURVE key check: the server's currently loaded authorized keys."""
+
+    def __init__(self, server: "Server") -> None:
+        self._server = server
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        keys = self._server._peer_keys
+        return keys is not None and key in keys
+
+
+def _open_files_limit() -> Optional[int]:
+    """The soft limit of open files, None when unknown or unlimited."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
