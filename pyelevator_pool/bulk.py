@@ -155,6 +155,23 @@ def _build_ops(chunk: List[Any], base: int) -> Tuple[List[tuple], Optional[_BadP
         raise  # pragma: no cover - the comprehension failed, so some item must have
 
 
+def _take(it: Iterator[Any], chunk: List[Any], size: int, max_bytes: int) -> bool:
+    """Append to ``chunk`` up to ``size`` items of ``it``, ending at the item that brings
+    their keys and values to ``max_bytes``; True when ``it`` is exhausted. An error of
+    ``it`` propagates with the items read before it kept in ``chunk``."""
+    total = 0
+    append = chunk.append
+    for pair in it:
+        append(pair)
+        try:
+            total += len(pair[0]) + len(pair[1])
+        except Exception:  # noqa: BLE001 - not a pair: _build_ops reports it
+            pass
+        if len(chunk) >= size or total >= max_bytes:
+            return False
+    return True
+
+
 def _resolve(client_or_pool: Any, db_name: Optional[str]) -> Tuple[ElevatorPool, str]:
     if isinstance(client_or_pool, Elevator):
         return client_or_pool.pool, client_or_pool.db_name if db_name is None else db_name
@@ -237,7 +254,8 @@ class _Loader:
 def load(client_or_pool: ClientOrPool, pairs: Iterable[Pair], *, db_name: Optional[str] = None,
          batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
          retry: Optional[RetryPolicy] = None, progress: Optional[Callable[[int], Any]] = None,
-         skip: int = 0, timeout: Optional[float] = None) -> LoadReport:
+         skip: int = 0, timeout: Optional[float] = None,
+         batch_bytes: Optional[int] = None) -> LoadReport:
     """Write every ``(key, value)`` pair of ``pairs`` as atomic batches; ride out restarts.
 
     :param client_or_pool: an :class:`Elevator` (its server and database) or an
@@ -257,6 +275,10 @@ def load(client_or_pool: ClientOrPool, pairs: Iterable[Pair], *, db_name: Option
     :param timeout: deadline in seconds of each batch, its retries included. Default the
         pool's ``timeout`` (10 s): a server restart is ridden out, a dead server is not
         waited for forever.
+    :param batch_bytes: also end a batch at the pair that brings its keys' and values'
+        lengths to ``batch_bytes`` (None: by count only). With large values this keeps
+        a batch under the server's ``max_message_size`` and bounds memory to about
+        ``(2 * workers + 1) * (batch_bytes + the largest pair)``.
     :returns: a :class:`LoadReport`.
     :raises BulkLoadError: when it gives up (a batch failed past its retries, the server
         refused a batch, a pair is malformed, the iterable raised, ``progress`` raised).
@@ -274,6 +296,8 @@ def load(client_or_pool: ClientOrPool, pairs: Iterable[Pair], *, db_name: Option
     _check_int("batch_size", batch_size, 1)
     _check_int("workers", workers, 1)
     _check_int("skip", skip, 0)
+    if batch_bytes is not None:
+        _check_int("batch_bytes", batch_bytes, 1)
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
     if progress is not None and not callable(progress):
@@ -308,13 +332,14 @@ def load(client_or_pool: ClientOrPool, pairs: Iterable[Pair], *, db_name: Option
                 f"nothing was written (resume with skip={skip})", written=skip, pairs=0,
                 batches=0, retries=private.stats()["retries"], elapsed=elapsed) from exc
         return _run(_Loader(client, workers, timeout, progress), it, name, batch_size, workers,
-                    skip, started, private)
+                    skip, started, private, batch_bytes)
     finally:
         private.close()
 
 
 def _run(loader: _Loader, it: Iterator[Any], name: str, batch_size: int, workers: int,
-         skip: int, started: float, pool: ElevatorPool) -> LoadReport:
+         skip: int, started: float, pool: ElevatorPool,
+         batch_bytes: Optional[int] = None) -> LoadReport:
     threads = [threading.Thread(target=loader.worker, name=f"elevator-bulk-{i}", daemon=True)
                for i in range(workers)]
     for t in threads:
@@ -332,8 +357,13 @@ def _run(loader: _Loader, it: Iterator[Any], name: str, batch_size: int, workers
         while loader.failure is None and not loader.stopping.is_set():
             chunk: List[Any] = []
             failed: Optional[BaseException] = None
+            exhausted = False
             try:
-                chunk.extend(islice(it, batch_size))  # keeps the items read before an error
+                if batch_bytes is None:
+                    chunk.extend(islice(it, batch_size))  # keeps the items read before an error
+                    exhausted = len(chunk) < batch_size
+                else:
+                    exhausted = _take(it, chunk, batch_size, batch_bytes)
             except Exception as exc:
                 failed = exc
             ops, bad = _build_ops(chunk, offset)
@@ -350,8 +380,8 @@ def _run(loader: _Loader, it: Iterator[Any], name: str, batch_size: int, workers
                 # After the batches read so far: sequence number past every one of them.
                 loader.fail(seq, problem, cancel=False)
                 break
-            if len(chunk) < batch_size:
-                break  # the input is exhausted
+            if exhausted:
+                break
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: stop, then let it go on
         interrupt = exc
         loader.stopping.set()
