@@ -15,8 +15,13 @@ reads, ``dump`` writes back byte for byte. Formats (from the file's extension, o
 * ``csv``: two columns, RFC 4180 quoting, ``\\n`` line ends (``.csv``);
 * ``tsv``: the same with tabs (``.tsv``, ``.tab``).
 
-Blank lines are skipped. Errors are one line on stderr and a non-zero exit code: 1 for
-a failure (and a bad input line), 2 for a bad command line, 130 when interrupted.
+Blank lines are skipped. Lines end with ``\n`` (or ``\r\n``); line numbers count
+them. A line longer than ``load --max-line-size`` (16 MiB) is a bad line, never read
+whole. A CSV/TSV record may span lines (a quoted field holding newlines); a malformed
+one is its lines up to where the fault was found, and ``--skip-bad`` resumes reading at
+the next line (an unclosed quote costs the lines up to the next quote or the end).
+Errors are one line on stderr and a non-zero exit code: 1 for a failure (a bad input
+line, a closed or broken stdin/stdout), 2 for a bad command line, 130 when interrupted.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -61,13 +67,76 @@ class CliError(Exception):
         self.code = code
 
 
-class BadLine(ValueError):
-    """An input line that is not a (key, value) record of its format."""
+#: default of ``load --max-line-size``: the longest input line (and CSV/TSV record) read
+DEFAULT_MAX_LINE_SIZE = 16 * 1024 * 1024
+#: default of ``load --batch-bytes``: with lines up to 16 MiB a batch stays under 24 MiB,
+#: well inside the server's default max_message_size (64 MiB)
+DEFAULT_BATCH_BYTES = 8 * 1024 * 1024
 
-    def __init__(self, source: str, line: int, message: str) -> None:
-        super().__init__(f"{source} line {line}: {message}")
+
+class BadLine(ValueError):
+    """An input record that is not a (key, value) pair of its format: ``line`` is its
+    first physical line (1-based), ``last`` its last. ``fatal``: reading cannot go on
+    past it (``read_pairs`` raises it even with ``on_bad``)."""
+
+    def __init__(self, source: str, line: int, message: str, *, last: Optional[int] = None,
+                 fatal: bool = False) -> None:
+        last = line if last is None or last < line else last
+        where = f"line {line}" if last == line else f"lines {line}-{last}"
+        super().__init__(f"{source} {where}: {message}")
         self.source = source
         self.line = line
+        self.last = last
+        self.fatal = fatal
+
+
+class _TooLong(Exception):
+    """A physical line, or a record's lines together, longer than the bound."""
+
+
+class _Lines:
+    """The physical (``\n``-ended) lines of a binary stream as text, each read with a
+    bound, so memory stays bounded whatever the input (``/dev/zero`` included).
+
+    ``lineno`` is the number of the last line read. A line longer than ``limit`` bytes
+    raises :class:`_TooLong` at once; its rest is passed over only if reading goes on.
+    ``record_bytes`` counts the bytes since :meth:`new_record`: a record (a CSV row with
+    quoted newlines) longer than ``limit`` raises :class:`_TooLong` too. Not a generator:
+    it goes on after raising.
+    """
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self._readline = stream.readline
+        self.limit = limit
+        self.lineno = 0
+        self.record_bytes = 0
+        self._in_long_line = False
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def new_record(self) -> None:
+        self.record_bytes = 0
+
+    def __next__(self) -> str:
+        readline = self._readline
+        if self._in_long_line:  # pass over the rest of an over-long line, in bounded reads
+            while True:
+                rest = readline(1 << 16)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            self._in_long_line = False
+        line = readline(self.limit + 1)
+        if not line:
+            raise StopIteration
+        self.lineno += 1
+        self.record_bytes += len(line)
+        if len(line) > self.limit and not line.endswith(b"\n"):
+            self._in_long_line = True
+            raise _TooLong(f"longer than {self.limit} bytes (--max-line-size)")
+        if self.record_bytes > self.limit + 1:
+            raise _TooLong(f"a record longer than {self.limit} bytes (--max-line-size)")
+        return line.decode("utf-8", "surrogateescape")
 
 
 # ----------------------------------------------------------------------- formats
@@ -94,29 +163,54 @@ def _s(data: bytes) -> str:
 
 
 def read_pairs(stream: IO[bytes], fmt: str, source: str = "-",
-               on_bad: Optional[Callable[[BadLine], None]] = None) -> Iterator[Tuple[bytes, bytes]]:
+               on_bad: Optional[Callable[[BadLine], None]] = None, *,
+               max_line_size: int = DEFAULT_MAX_LINE_SIZE) -> Iterator[Tuple[bytes, bytes]]:
     """The ``(key, value)`` byte pairs of a binary stream in format ``fmt``, lazily.
 
-    A bad line raises :class:`BadLine` (with its 1-based line number), or, with
-    ``on_bad``, is passed to it and skipped.
+    A bad record raises :class:`BadLine` (with its 1-based line numbers), or, with
+    ``on_bad``, is passed to it and skipped; reading resumes at the next physical line.
+    A line longer than ``max_line_size`` bytes is a bad line (never read whole). A
+    CSV/TSV record is its line, or its lines when a quoted field holds newlines; a
+    malformed one ends where the parser found the fault (an unclosed quote runs to the
+    next quote or the end of the input). A quoted record running past ``max_line_size``
+    is a fatal :class:`BadLine`, raised even with ``on_bad``: where it ends is unknown.
+
+    :raises OSError: reading ``stream`` failed.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    text = io.TextIOWrapper(stream, newline="", **_ENCODING)
-    records = _read_jsonl(text, source) if fmt == "jsonl" \
-        else _read_csv(text, source, "," if fmt == "csv" else "\t")
+    if isinstance(max_line_size, bool) or not isinstance(max_line_size, int) \
+            or max_line_size < 1:
+        raise ValueError(f"max_line_size must be an int >= 1, not {max_line_size!r}")
+    lines = _Lines(stream, max_line_size)
+    if fmt == "jsonl":
+        records = _read_jsonl(lines, source)
+    else:
+        # The record bound above applies first (a field is never longer than its record).
+        if csv.field_size_limit() <= max_line_size:
+            csv.field_size_limit(max_line_size + 1)
+        records = _read_csv(lines, source, "," if fmt == "csv" else "\t")
     for item in records:
         if isinstance(item, BadLine):
-            if on_bad is None:
+            if on_bad is None or item.fatal:
                 raise item
             on_bad(item)
         else:
             yield item
 
 
-def _read_jsonl(text: IO[str], source: str) -> Iterator[Any]:
+def _read_jsonl(lines: _Lines, source: str) -> Iterator[Any]:
     loads = json.loads
-    for lineno, line in enumerate(text, 1):
+    while True:
+        lines.new_record()
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except _TooLong as exc:
+            yield BadLine(source, lines.lineno, str(exc))
+            continue
+        lineno = lines.lineno
         if not line.strip():
             continue
         try:
@@ -139,24 +233,36 @@ def _read_jsonl(text: IO[str], source: str) -> Iterator[Any]:
             yield BadLine(source, lineno, "a string holds a lone surrogate escape (not UTF-8)")
 
 
-def _read_csv(text: IO[str], source: str, delimiter: str) -> Iterator[Any]:
-    reader = csv.reader(text, delimiter=delimiter, strict=True)
-    line = 0
+def _read_csv(lines: _Lines, source: str, delimiter: str) -> Iterator[Any]:
+    # csv's reader starts each record afresh, so after a csv.Error it goes on at the
+    # next physical line: the bad record is its lines up to where the error was found.
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    name = _fmt_name(delimiter)
     while True:
-        start = line + 1
+        start = lines.lineno + 1
+        lines.new_record()
         try:
             row = next(reader)
         except StopIteration:
             return
+        except _TooLong as exc:
+            if lines.lineno > start:  # inside a quoted field: its end cannot be found
+                yield BadLine(source, start, f"{exc}: a quoted field that does not end? "
+                              f"(cannot resynchronise; seen up to line {lines.lineno})",
+                              fatal=True)
+                return
+            yield BadLine(source, start, str(exc))
+            continue
         except csv.Error as exc:
-            # The reader cannot go on after a malformed quote: report and stop.
-            yield BadLine(source, reader.line_num or start, f"malformed {_fmt_name(delimiter)}: {exc}")
-            return
-        line = reader.line_num
+            hint = f" (the quote opened on line {start} is never closed?)" \
+                if "unexpected end of data" in str(exc) else ""
+            yield BadLine(source, start, f"malformed {name}: {exc}{hint}", last=lines.lineno)
+            continue
         if not row:
             continue
         if len(row) != 2:
-            yield BadLine(source, start, f"expected 2 columns (key, value), found {len(row)}")
+            yield BadLine(source, start, f"expected 2 columns (key, value), found {len(row)}",
+                          last=lines.lineno)
             continue
         yield _b(row[0]), _b(row[1])
 
@@ -229,19 +335,88 @@ def _client(args: argparse.Namespace, db: Optional[str] = None) -> Elevator:
                     timeout=args.timeout, curve=curve)
 
 
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so that no later flush (ours, or the interpreter's at
+    exit) fails again and prints a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+        finally:
+            os.close(devnull)
+    except OSError:
+        pass
+
+
+def _stdout_failed(exc: BaseException) -> CliError:
+    """The one-line error for a failed write to stdout (after silencing it)."""
+    _silence_stdout()
+    if isinstance(exc, BrokenPipeError):
+        reason = "broken pipe (its reader went away)"
+    elif isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    else:
+        reason = str(exc)
+    return CliError(f"cannot write to stdout: {reason}")
+
+
+def _stdout() -> IO[bytes]:
+    """The binary stdout. :raises CliError: it is closed (``>&-``)."""
+    if sys.stdout is None or getattr(sys.stdout, "closed", False):
+        raise CliError("stdout is closed: there is nowhere to write")
+    return sys.stdout.buffer
+
+
+def _write_stdout(data: bytes) -> None:
+    """Write and flush ``data`` to stdout. :raises CliError: stdout is closed or broken."""
+    out = _stdout()
+    try:
+        sys.stdout.flush()
+        out.write(data)
+        out.flush()
+    except (OSError, ValueError) as exc:
+        raise _stdout_failed(exc) from None
+
+
+def _echo(text: str) -> None:
+    _write_stdout(_b(text + "\n"))
+
+
 class _StdoutText:
-    """stdout as text in the files' encoding; flushed and detached (never closed) on exit."""
+    """stdout as text in the files' encoding; flushed and detached (never closed) on exit.
+
+    :raises CliError: stdout is closed, or writing to it failed (broken pipe...).
+    """
 
     def __enter__(self) -> IO[str]:
-        sys.stdout.flush()
-        self._out = io.TextIOWrapper(sys.stdout.buffer, newline="", **_ENCODING)
+        self._buffer = _stdout()
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError) as exc:
+            raise _stdout_failed(exc) from None
+        self._out = io.TextIOWrapper(self._buffer, newline="", **_ENCODING)
         return self._out
 
-    def __exit__(self, *exc: Any) -> None:
+    def _is_stdout_failure(self, exc: Optional[BaseException]) -> bool:
+        if isinstance(exc, errors.ElevatorError):  # also OSError or ValueError subclasses
+            return False
+        return isinstance(exc, OSError) or (isinstance(exc, ValueError) and self._buffer.closed)
+
+    def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        failure = exc if self._is_stdout_failure(exc) else None
+        if failure is None:
+            try:
+                self._out.flush()
+            except (OSError, ValueError) as err:
+                failure = err
+        if failure is not None:
+            _silence_stdout()  # what is still buffered drains into /dev/null
         try:
-            self._out.flush()
-        finally:
             self._out.detach()
+        except (OSError, ValueError):
+            pass
+        if failure is not None:
+            raise _stdout_failed(failure) from None
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -250,7 +425,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
         if not e.Ping():
             raise CliError(f"{e.endpoint} did not answer PONG")
         ms = (time.perf_counter() - t0) * 1000
-    print(f"PONG from {e.endpoint} in {ms:.2f} ms")
+    _echo(f"PONG from {e.endpoint} in {ms:.2f} ms")
     return 0
 
 
@@ -260,7 +435,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             value = e.Get(_b(args.key))
         except errors.ElevatorKeyError:
             raise CliError(f"key {args.key!r} not found in {e.db_name!r}") from None
-    sys.stdout.buffer.write(value + b"\n")
+    _write_stdout(value + b"\n")
     return 0
 
 
@@ -315,8 +490,8 @@ def cmd_range(args: argparse.Namespace) -> int:
 
 def cmd_listdb(args: argparse.Namespace) -> int:
     with _client(args, "default") as e:
-        for name in sorted(e.listdb()):
-            print(name)
+        names = sorted(e.listdb())
+    _echo("\n".join(names))
     return 0
 
 
@@ -352,11 +527,19 @@ def cmd_dropdb(args: argparse.Namespace) -> int:
 
 def _open_input(path: str) -> Tuple[IO[bytes], str]:
     if path == "-":
+        if sys.stdin is None or getattr(sys.stdin, "closed", False):
+            raise CliError("stdin is closed: there is nothing to read (give a FILE)")
         return sys.stdin.buffer, "<stdin>"
     try:
         return open(path, "rb"), path
     except OSError as exc:
         raise CliError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+
+
+def _line_numbers(bad: List[BadLine], most: int = 20) -> str:
+    """``3, 6-8, 12``: the lines of the bad records, the first ``most`` of them."""
+    shown = [str(b.line) if b.last == b.line else f"{b.line}-{b.last}" for b in bad[:most]]
+    return ", ".join(shown) + (f" and {len(bad) - most} more records" if len(bad) > most else "")
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -374,19 +557,29 @@ def cmd_load(args: argparse.Namespace) -> int:
         progress = lambda n: bar.update(n - bar.n)  # noqa: E731 - called from worker threads
     try:
         with _client(args) as e:
-            pairs = read_pairs(stream, fmt, source, skip_bad if args.skip_bad else None)
+            pairs = read_pairs(stream, fmt, source, skip_bad if args.skip_bad else None,
+                               max_line_size=args.max_line_size)
             try:
                 report = load(e, pairs, batch_size=args.batch_size, workers=args.workers,
-                              skip=args.skip, progress=progress)
+                              skip=args.skip, progress=progress, batch_bytes=args.batch_bytes)
             except BulkLoadError as exc:
                 cause = exc.__cause__
                 written = exc.written
                 if isinstance(cause, BadLine):
+                    hint = "" if cause.fatal or args.skip_bad else ", or use --skip-bad"
                     raise CliError(
                         f"{cause}; the {written} pairs before it are written, none after it "
-                        f"(fix it and resume with --skip {written}, or use --skip-bad)") from None
-                raise CliError(f"{exc}" + (f" (resume with --skip {written})"
-                                           if written else "")) from None
+                        f"(fix it and resume with --skip {written}{hint})") from None
+                if isinstance(cause, OSError) and not isinstance(cause, errors.ElevatorError):
+                    raise CliError(
+                        f"cannot read {source}: {cause.strerror or cause}; the {written} pairs "
+                        f"before it are written (resume with --skip {written})") from None
+                hint = ""
+                if isinstance(cause, errors.LimitExceeded):
+                    hint = (" (lower --batch-size)" if cause.limit == "max_keys"
+                            else " (lower --batch-bytes or --max-line-size)")
+                raise CliError(f"{exc}{hint}" + (f" (resume with --skip {written})"
+                                                  if written else "")) from None
             except KeyboardInterrupt as exc:
                 done = getattr(exc, "written", None)  # set by bulk.load
                 if done is not None:
@@ -398,10 +591,10 @@ def cmd_load(args: argparse.Namespace) -> int:
             bar.close()
         if stream is not sys.stdin.buffer:
             stream.close()
-    _note(f"loaded {report}" + (f"; {len(bad)} bad lines skipped" if bad else ""))
+    lines = sum(b.last - b.line + 1 for b in bad)
+    _note(f"loaded {report}" + (f"; {lines} bad lines skipped" if bad else ""))
     if bad:
-        print(f"{PROG}: {len(bad)} bad lines skipped (first: line {bad[0].line})",
-              file=sys.stderr)
+        print(f"{PROG}: {lines} bad lines skipped: {_line_numbers(bad)}", file=sys.stderr)
     return 0
 
 
@@ -413,7 +606,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     tmp_path = None
     try:
         with _client(args) as e:
-            stdout = None
+            stdout: Optional[_StdoutText] = None
             if target == "-":
                 stdout = _StdoutText()
                 out = stdout.__enter__()
@@ -423,6 +616,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
                 fd, tmp_path = tempfile.mkstemp(prefix=".elevator-dump-", dir=directory)
                 out = io.open(fd, "w", newline="", **_ENCODING)
             write = write_pairs(out, fmt)
+            failure: Optional[BaseException] = None
             try:
                 for key, value in dump(e, *_range_args(args), page_size=args.page_size):
                     write(key, value)
@@ -437,9 +631,12 @@ def cmd_dump(args: argparse.Namespace) -> int:
                 if isinstance(exc, KeyboardInterrupt):
                     raise CliError(f"dump interrupted; {done}", 130) from None
                 raise CliError(f"dump to {where} stopped: {exc}; {done}") from None
+            except BaseException as exc:
+                failure = exc  # a failed write to stdout is told apart by _StdoutText
+                raise
             finally:
                 if stdout is not None:
-                    stdout.__exit__(None, None, None)
+                    stdout.__exit__(type(failure), failure, None)
                 else:
                     out.close()
             if tmp_path is not None:
@@ -472,10 +669,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
              "db": e.db_name, "pairs": pairs, "key_bytes": key_bytes, "value_bytes": value_bytes,
              "scan_seconds": round(scan, 3), "retries": pool["retries"]}
     if args.json:
-        print(json.dumps(stats))
+        _echo(json.dumps(stats))
     else:
-        for name, value in stats.items():
-            print(f"{name}: {value}")
+        _echo("\n".join(f"{name}: {value}" for name, value in stats.items()))
     return 0
 
 
@@ -506,6 +702,21 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}: {text!r}")
         return value
     return parse
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+_SIZE = re.compile(r"(\d+)\s*([KMG]?)(?:I?B)?", re.IGNORECASE)
+
+
+def _size(text: str) -> int:
+    """A byte count >= 1: ``1000``, ``64K``, ``16M``, ``1GiB`` (binary units)."""
+    match = _SIZE.fullmatch(text.strip().replace("_", ""))
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size in bytes (1000, 64K, 16M, 1G): {text!r}")
+    value = int(match.group(1)) * _UNITS[match.group(2).upper()]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 byte: {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -575,6 +786,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pairs per atomic batch (default: %(default)s)")
     sp.add_argument("--workers", type=_int_at_least(1), default=DEFAULT_WORKERS,
                     help="batches in flight (default: %(default)s)")
+    sp.add_argument("--max-line-size", type=_size, default=DEFAULT_MAX_LINE_SIZE,
+                    metavar="BYTES",
+                    help="longest input line (or CSV/TSV record), 16M, 1G...: a longer one is "
+                         "a bad line, never read whole (default: 16 MiB)")
+    sp.add_argument("--batch-bytes", type=_size, default=DEFAULT_BATCH_BYTES, metavar="BYTES",
+                    help="also end a batch at this many bytes of keys and values, to stay "
+                         "under the server's max_message_size (default: 8 MiB)")
     sp = add("dump", cmd_dump, "write the pairs of a key range, in key order")
     range_options(sp)
     sp.add_argument("-o", "--output", default="-", metavar="FILE",
@@ -601,17 +819,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.curve_client_key = getattr(args, "curve_client_key", None) \
         or os.environ.get("ELEVATOR_CURVE_CLIENT_KEY")
     try:
-        return args.func(args)
+        code = args.func(args)
+        if sys.stdout is not None:
+            try:
+                sys.stdout.flush()  # here, not at exit, where a failure is a traceback
+            except (OSError, ValueError) as exc:
+                raise _stdout_failed(exc) from None
+        return code
     except CliError as exc:
         return _fail(str(exc), exc.code)
-    except BrokenPipeError:
-        # The reader went away (elevator dump | head): not an error worth a line.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
-        return 1
+    except BrokenPipeError as exc:
+        return _fail(str(_stdout_failed(exc)), 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except errors.ElevatorError as exc:
