@@ -140,3 +140,26 @@ def test_heartbeat_interval_flag():
     assert build_parser().parse_args(["--heartbeat-interval", "0"]).heartbeat_interval == 0
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--heartbeat-interval", "-1"])
+
+
+def test_a_graceful_stop_works_while_out_of_descriptors(tmp_path):
+    srv = start(tmp_path, limited_python(tmp_path, 64, 64))
+    extra = []
+    try:
+        for _ in range(30):
+            for _ in range(10):
+                sock = zmq.Context.instance().socket(zmq.DEALER)
+                sock.linger = 0
+                sock.connect(srv.endpoint)
+                extra.append(sock)
+            if wait_until(lambda: MARKER in srv.log_tail(lines=100000), timeout=0.5):
+                break
+        assert MARKER in srv.log_tail(lines=100000)
+        began = time.monotonic()
+        assert srv.terminate(timeout=30) == 0, srv.log_tail()
+        assert time.monotonic() - began < 15, "the stop hung on the event monitor"
+        assert "elevator-server stopped" in srv.log_tail()
+    finally:
+        for sock in extra:
+            sock.close(0)
+        srv.stop()

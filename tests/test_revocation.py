@@ -116,8 +116,6 @@ def test_revoked_key_is_refused_on_its_open_connection(tmp_path, pairs):
         srv.stop()
 
 
-@pytest.mark.xfail(reason="the client's mapping of err_code 10 to AuthenticationError "
-                          "(errors.py/connection.py) has not landed yet", strict=False)
 def test_a_revoked_key_raises_authentication_error_in_the_client(tmp_path, pairs):
     authorized = tmp_path / "authorized"
     authorize(authorized, pairs, "alice", "mallory")
