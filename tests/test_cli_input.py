@@ -2,6 +2,7 @@
 closed or broken standard streams are one-line errors. Real CLI subprocesses, real server."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 from pyelevator_pool import Elevator, bulk
+from pyelevator_pool.cli import BadLine, read_pairs
 from pyelevator_pool.testing import ServerProcess
 from test_cli import RUN_TIMEOUT, elevator
 
@@ -80,6 +82,25 @@ def test_blank_and_crlf_lines_are_still_read(endpoint, db, tmp_path):
     rc, _, err = elevator(endpoint, "load", source, db=db.db_name)
     assert (rc, err) == (0, "")
     assert _pairs(db) == [(b"a", b"1"), (b"b", b"x\r\ny"), (b"c", b"3")]
+
+
+def test_read_pairs_reports_record_spans_and_refuses_to_guess_in_process():
+    bad = []
+    data = b'a,1\n"b"x,2\n"c,3\nd"y,4\ne,5\n' + b"f," + b"z" * 100 + b"\ng,6\n"
+    got = list(read_pairs(io.BytesIO(data), "csv", "f", bad.append, max_line_size=50))
+    assert got == [(b"a", b"1"), (b"e", b"5"), (b"g", b"6")]
+    assert [(b.line, b.last, b.fatal) for b in bad] == [(2, 2, False), (3, 4, False),
+                                                          (6, 6, False)]
+    assert str(bad[1]).startswith("f lines 3-4: malformed CSV")
+    # A quoted field running past the bound is raised even with on_bad.
+    with pytest.raises(BadLine, match="line 2") as info:
+        list(read_pairs(io.BytesIO(b'a,1\n"b,' + b"x\n" * 40), "csv", "f", bad.append,
+                        max_line_size=50))
+    assert info.value.fatal
+    got = list(read_pairs(io.BytesIO(b'{"key": "a", "value": "' + b"v" * 60 + b'"}\n'
+                                     b'{"key": "b", "value": "2"}'), "jsonl", "f", bad.append,
+                          max_line_size=50))
+    assert got == [(b"b", b"2")] and bad[-1].line == 1
 
 
 # ------------------------------------------------------------------- bounded lines
