@@ -580,6 +580,7 @@ class Server:
             forwarded = self._forward_replies(results, _BURST) if results is not None else 0
             self._pump()
             outbox.flush()
+            self._drain_front_monitor()  # out of descriptors, libzmq waits for this reader
             if not reading and not forwarded and not self._running and not scheduler.has_work():
                 if scheduler.open_streams():
                     scheduler.end_streams("the server is stopping: stream ended")
