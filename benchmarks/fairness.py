@@ -119,7 +119,7 @@ def mget_key(i: int) -> bytes:
 
 def prepare(endpoint: str, scenario: str) -> None:
     """Write the data ``scenario`` needs (the prober's keys always)."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     sock = _dealer(ctx, endpoint)
     try:
         uid = _uid(sock, "default")
@@ -191,7 +191,7 @@ class _Load:
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context = zmq.Context.instance()
         self.stopped = threading.Event()
         self.threads: List[threading.Thread] = []
         self.ops = 0
@@ -230,6 +230,7 @@ class _UnreadRanges(_Load):
     """Scenario a: ``unread`` ~1 MB RANGEs on a socket that never reads its replies."""
 
     unread = UNREAD_RANGES
+    sock: Optional[zmq.Socket] = None
 
     def start(self) -> None:
         sock = self.sock = self.ctx.socket(zmq.DEALER)
@@ -252,7 +253,8 @@ class _UnreadRanges(_Load):
 
     def stop(self) -> None:
         super().stop()
-        self.sock.close(0)
+        if self.sock is not None:
+            self.sock.close(0)
 
 
 class _ConcurrentMgets(_Load):
@@ -391,12 +393,14 @@ def run_scenario(name: str, duration: float = 8.0, *, rss_cap_mib: float = RSS_C
                 load = load_class(server.endpoint)
                 if isinstance(load, _UnreadRanges):
                     load.unread = unread
-                load.start()
-                parent.send("go")
-                result = parent.recv() if parent.poll(duration + GET_TIMEOUT + 30) else None
-                load.stop()
-                watch.done.set()
-                watch.join(5)
+                try:
+                    load.start()
+                    parent.send("go")
+                    result = parent.recv() if parent.poll(duration + GET_TIMEOUT + 30) else None
+                finally:
+                    load.stop()
+                    watch.done.set()
+                    watch.join(5)
                 peak = max(watch.peak, watch.rss())
             finally:
                 prober.join(5)

@@ -67,7 +67,7 @@ class Relay:
     # ------------------------------------------------------------------ the thread
 
     def _run(self) -> None:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context = zmq.Context.instance()
         front = ctx.socket(zmq.ROUTER)
         front.linger = 0
         backends: Dict[bytes, zmq.Socket] = {}

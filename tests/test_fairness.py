@@ -69,3 +69,16 @@ def test_percentile_is_nearest_rank(values, q, expected):
     from benchmarks.fairness import percentile
     got = percentile(values, q)
     assert (got != got) if expected is None else got == expected
+
+
+def test_the_benchmark_command_prints_json(tmp_path):
+    """``python -m benchmarks.fairness --json`` runs and reports one row per scenario."""
+    import json
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.fairness", "--scenario", "idle",
+                           "--duration", "0.5", "--json"], cwd=str(ROOT), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [r["scenario"] for r in out["rows"]] == ["idle"]
+    assert out["rows"][0]["gets"] > 0 and out["rows"][0]["timeouts"] == 0

@@ -127,6 +127,40 @@ class _Reader:
             return head
 
 
+def _first_keys_through(relay: Relay, uid: str, rid: int) -> List[bytes]:
+    """The first key of each page of a streamed RANGE (pages of 5,000) read through the
+    relay by a raw client that credits every page."""
+    firsts: List[bytes] = []
+    with RawClient(relay.endpoint) as raw:
+        reader = _Reader(raw, rid)
+        raw.sock.send(_stream_request(uid, rid, 5_000, 8))
+        for _ in range(RELAY_KEYS // 5_000 + 3):
+            before = len(reader.items)
+            head = reader.next_page(timeout=3.0)
+            if head is None:
+                break
+            if len(reader.items) > before:
+                firsts.append(reader.items[before][0])
+            if not head.get(protocol.MORE):
+                break
+            raw.sock.send(_credit(rid, 1))
+    return firsts
+
+
+def test_the_relay_drops_duplicates_and_swaps_the_page_it_is_told_to(relay, relay_db, server):
+    with RawClient(server.endpoint) as raw:
+        uid = raw.uid(relay_db)
+    pages = [_key(i) for i in range(0, RELAY_KEYS, 5_000)]
+    assert _first_keys_through(relay, uid, 1) == pages
+    relay.set_fault("drop", 2)
+    assert _first_keys_through(relay, uid, 2) == pages[:2] + pages[3:]
+    relay.set_fault("dup", 2)
+    assert _first_keys_through(relay, uid, 3) == pages[:3] + pages[2:]
+    relay.set_fault("swap", 2)
+    assert _first_keys_through(relay, uid, 4) == pages[:2] + [pages[3], pages[2]] + pages[4:]
+    assert relay.faults_done == 3
+
+
 def _rss(server) -> int:
     return psutil.Process(server.pid).memory_info().rss
 
