@@ -13,6 +13,7 @@ arrive as the same ``bytes``.
 from __future__ import annotations
 
 import enum
+import io
 from typing import Any, List, NamedTuple, Optional, Sequence
 
 import msgpack
@@ -21,10 +22,13 @@ __all__ = [
     "Status", "ErrorCode", "ProtocolError", "CompressionUnavailable",
     "Request", "Reply", "DATA_COMMANDS", "DB_COMMANDS", "ALL_COMMANDS",
     "encode_request", "decode_request", "encode_reply", "encode_error_reply",
-    "decode_reply", "compress", "decompress", "DEFAULT_MAX_MESSAGE_SIZE",
+    "decode_reply", "compress", "decompress", "DEFAULT_MAX_MESSAGE_SIZE", "MIN_MAX_MESSAGE_SIZE",
+    "peek_id", "encode_credit",
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024  # 64 MiB: a 1M-pair batch of 32-byte values fits
+#: the lowest --max-message-size a server accepts: a client checks only frames above it
+MIN_MAX_MESSAGE_SIZE = 64 * 1024
 
 
 class Status(enum.IntEnum):
@@ -118,6 +122,8 @@ class Reply(NamedTuple):
     err_msg: Optional[str]
     id: Any
     datas: Any
+    #: a failure's ERR_DETAIL map (None when the server sent none)
+    detail: Optional[dict] = None
 
 
 # ---------------------------------------------------------------- compression
@@ -148,24 +154,80 @@ def decompress(data: bytes) -> bytes:
 # ------------------------------------------------------------------- requests
 
 def encode_request(cmd: str, args: Sequence = (), uid: Optional[str] = None, *,
-                   id: Any = None, compression: bool = False, stream: int = 0) -> bytes:
+                   id: Any = None, compression: bool = False, stream: int = 0,
+                   window: Optional[int] = None, timeout_ms: Optional[int] = None) -> bytes:
     """One request frame. ``id`` (extension) is echoed by this project's server.
 
     ``stream`` (extension, RANGE and SLICE, with an ``id``): ask this project's server to
     send the items as several replies of at most ``stream`` items each, from one
     iterator (one snapshot), every reply but the last with ``more: true`` in its
     header. A server that does not know it sends one reply, which is then the last.
+    ``window`` (with ``stream``): pages the server may send ahead of the CREDITs.
+    ``timeout_ms``: how long the client will still wait (TIMEOUT_MS); a server that
+    cannot start the request within it answers TIMEOUT and does nothing.
     """
     meta: dict = {}
     if stream:
         meta[STREAM] = stream
+        if window is not None:
+            meta[WINDOW] = window
     if id is not None:
         meta["id"] = id
     if compression:
         meta["compression"] = True
+    if timeout_ms is not None:
+        meta[TIMEOUT_MS] = max(int(timeout_ms), 0)
     # A fresh Packer per call: Packer objects are not thread-safe.
     return msgpack.packb({"meta": meta, "uid": uid, "cmd": cmd, "args": args},
                          use_bin_type=True)
+
+
+def encode_credit(stream_id: Any, pages: int) -> bytes:
+    """A CREDIT notification (no uid, never answered): ``pages`` > 0 more pages of the
+    stream ``stream_id`` may be sent; 0 closes the stream."""
+    return msgpack.packb({"meta": {}, "uid": None, "cmd": CREDIT, "args": [stream_id, pages]},
+                         use_bin_type=True)
+
+
+#: peek_id reads at most this many top-level and meta entries (a request has 4)
+_PEEK_ENTRIES = 16
+
+
+def _peek_key(unpacker: "msgpack.Unpacker") -> Any:
+    key = unpacker.unpack()
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "replace")
+    return key
+
+
+def peek_id(frame: Any) -> Any:
+    """The ``meta.id`` of a request frame, read without decoding the rest (bounded work:
+    only map headers and the ``meta`` entry are decoded, other values skipped), or None
+    when the frame has no readable id. Never raises."""
+    try:
+        unpacker = msgpack.Unpacker(io.BytesIO(bytes(frame)), raw=True, strict_map_key=False,
+                                    read_size=4096)
+        for _ in range(min(unpacker.read_map_header(), _PEEK_ENTRIES)):
+            if _peek_key(unpacker) != "meta":
+                unpacker.skip()
+                continue
+            for _ in range(min(unpacker.read_map_header(), _PEEK_ENTRIES)):
+                if _peek_key(unpacker) != "id":
+                    unpacker.skip()
+                    continue
+                rid = unpacker.unpack()
+                if isinstance(rid, bytes):
+                    try:
+                        rid = rid.decode("utf-8")
+                    except UnicodeDecodeError:
+                        pass
+                if isinstance(rid, bool) or not isinstance(rid, (int, str, bytes)):
+                    return None
+                return rid
+            return None
+    except Exception:  # noqa: BLE001 - a frame that is not a map, truncated, or garbage
+        return None
+    return None
 
 
 def _text(value: Any, what: str) -> str:
@@ -186,12 +248,15 @@ def decode_request(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Re
     limits (lengths never beyond the frame, nesting depth) apply.
     """
     if len(frame) > max_size:
-        raise ProtocolError(f"request of {len(frame)} bytes exceeds the limit of {max_size} bytes")
+        # The id first (bounded: see peek_id), so the refusal reaches its own request.
+        raise ProtocolError(f"request of {len(frame)} bytes exceeds the limit of {max_size} bytes",
+                            id=peek_id(frame))
     try:
         # raw=True: the original client packs binary keys as msgpack str.
         msg = msgpack.unpackb(frame, raw=True, strict_map_key=False)
     except Exception as exc:  # ExtraData, FormatError, StackError, ValueError...
-        raise ProtocolError(f"request is not valid msgpack: {type(exc).__name__}: {exc}") from None
+        raise ProtocolError(f"request is not valid msgpack: {type(exc).__name__}: {exc}",
+                            id=peek_id(frame)) from None
     if not isinstance(msg, dict):
         raise ProtocolError(f"request must be a msgpack map, not {type(msg).__name__}")
     fields = {}
@@ -309,4 +374,6 @@ def decode_reply(frames: Sequence[bytes]) -> Reply:
     datas = None
     if status != Status.FAILURE:
         datas = decode_content(frames[1], bool(header.get("compression")))
-    return Reply(status, header.get("err_code"), err_msg, header.get("id"), datas)
+    detail = header.get(ERR_DETAIL)
+    return Reply(status, header.get("err_code"), err_msg, header.get("id"), datas,
+                 detail if isinstance(detail, dict) else None)
