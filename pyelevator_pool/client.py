@@ -9,7 +9,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import errors, protocol
-from .pool import ElevatorPool
+from .pool import ElevatorPool, parse_limits
 from .protocol import ErrorCode, Status
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -196,8 +196,10 @@ class Elevator:
                                   is_write=is_write, stream=stream)
 
     def _raise(self, reply: protocol.Reply, cmd: str, db: Optional[str]) -> None:
+        if reply.detail and reply.detail.get("limit") == "max_message_size":
+            self._pool.server_limits = None  # the server may have restarted with another
         raise errors.error_from_reply(reply.err_code, reply.err_msg, command=cmd, db=db,
-                                      endpoint=self._pool.endpoint)
+                                      endpoint=self._pool.endpoint, detail=reply.detail)
 
     def _call(self, cmd: str, args: Sequence, *, timeout: Optional[float] = None,
               compression: Optional[bool] = None, is_write: bool = False,
@@ -245,11 +247,7 @@ class Elevator:
         limits = self._pool.server_limits
         if limits is None:
             reply = self._request(protocol.LIMITS, [], None, timeout, False)
-            datas = reply.datas if reply.status != Status.FAILURE else None
-            limits = {}
-            if isinstance(datas, dict):
-                limits = {self._text(k): v for k, v in datas.items()
-                          if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+            limits = parse_limits(reply)
             self._pool.server_limits = limits
         return limits
 
@@ -263,7 +261,11 @@ class Elevator:
     def _over_limit(self, exc: errors.ServerError, name: str) -> bool:
         """Whether ``exc`` is the server's over-limit answer for ``name``; forgets the
         cached limits then (the server may have restarted with others)."""
-        if isinstance(exc, errors.ElevatorValueError) and f"({name})" in exc.message:
+        if not isinstance(exc, errors.ElevatorValueError):
+            return False
+        limit = exc.detail.get("limit") if exc.detail else None
+        # the message text only for servers without err_detail
+        if limit == name or (limit is None and f"({name})" in exc.message):
             self._pool.server_limits = None
             return True
         return False

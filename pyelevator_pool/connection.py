@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -44,6 +44,23 @@ _VAGUE_HANDSHAKE_FAILURES = 3
 _gc_lock = threading.Lock()
 _gc_pausers = 0
 _gc_was_enabled = False
+#: the most a socket waits between reconnect attempts; capped per connection to half its
+#: connect_timeout, so a request waiting for a connection sees at least one attempt
+RECONNECT_IVL_MAX_MS = 1000
+
+
+def _gc_after_fork_in_child() -> None:
+    """A forked child has none of the threads that paused the GC: undo their pause."""
+    global _gc_lock, _gc_pausers
+    _gc_lock = threading.Lock()  # it may have been held by a thread that is gone
+    if _gc_pausers:
+        _gc_pausers = 0
+        if _gc_was_enabled:
+            gc.enable()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_gc_after_fork_in_child)
 
 
 @contextmanager
@@ -88,7 +105,8 @@ class Connection:
     """
 
     def __init__(self, context: zmq.Context, endpoint: str, *,
-                 heartbeat_interval: float = 1.0, security: Any = None) -> None:
+                 heartbeat_interval: float = 1.0, security: Any = None,
+                 connect_timeout: Optional[float] = None) -> None:
         self.endpoint = endpoint
         self.pid = os.getpid()
         self.created = self.last_used = time.monotonic()
@@ -96,6 +114,8 @@ class Connection:
         self.ids_echoed: Optional[bool] = None
         self.is_tainted = False
         self.stale_replies = 0
+        #: requests the server answered TIMEOUT (not started within meta.timeout)
+        self.server_timeouts = 0
         self._ids = itertools.count(1)
         #: a completed (handshaken) connection exists, as last reported by the monitor
         self._connected = False
@@ -112,7 +132,10 @@ class Connection:
             # monitor's events (see request), so "never sent" is still known.
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
             sock.setsockopt(zmq.RECONNECT_IVL, 20)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            ivl_max = RECONNECT_IVL_MAX_MS
+            if connect_timeout is not None:
+                ivl_max = max(20, min(ivl_max, int(connect_timeout * 1000) // 2))
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, ivl_max)
             if heartbeat_interval:
                 ivl = int(heartbeat_interval * 1000)
                 sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
@@ -233,7 +256,9 @@ class Connection:
 
     def request(self, cmd: str, args: Sequence, uid: Optional[str] = None, *,
                 timeout: float, compression: bool = False, stream: int = 0,
-                connect_timeout: Optional[float] = None) -> Reply:
+                connect_timeout: Optional[float] = None,
+                max_message_size: Optional[Callable[["Connection", float], Optional[int]]] = None
+                ) -> Reply:
         """Send one request and return its reply (a failure reply is returned, not raised).
 
         Raises ElevatorTimeout (no reply within ``timeout`` seconds; ``request_sent``
@@ -251,13 +276,27 @@ class Connection:
         ``connect_timeout``: when no connection can take the request, give up waiting
         for one after this long (ElevatorTimeout, ``request_sent`` False) instead of
         the whole ``timeout``, so that a retry policy's ``stop`` is consulted.
+
+        ``max_message_size(conn, deadline)``: asked only for a frame larger than
+        protocol.MIN_MAX_MESSAGE_SIZE, the server's limit (None: unknown); a larger
+        frame raises LimitExceeded, never sent.
+
+        Every request carries meta.timeout (the ms left); a server that could not start
+        it in time answers TIMEOUT, raised as ElevatorTimeout with ``request_sent``
+        False (nothing was done). A server's AUTH answer raises AuthenticationError.
         """
         rid = next(self._ids)
-        frame = protocol.encode_request(cmd, args, uid, id=rid, compression=compression,
-                                        stream=stream)
-        sock = self.socket
         start = time.monotonic()
         deadline = start + timeout
+        frame = self._encode(cmd, args, uid, rid, compression, stream, deadline)
+        if len(frame) > protocol.MIN_MAX_MESSAGE_SIZE and max_message_size is not None:
+            maximum = max_message_size(self, deadline)
+            if maximum is not None and len(frame) > maximum:
+                raise errors.LimitExceeded(
+                    f"{cmd}: a request of {len(frame)} bytes exceeds the server's limit of "
+                    f"{maximum} bytes (max_message_size); not sent",
+                    limit="max_message_size", value=len(frame), maximum=maximum)
+        sock = self.socket
         sent = False
         try:
             if self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
@@ -271,6 +310,8 @@ class Connection:
                 # queue the request where it could be delivered long after we gave up.
                 wait = timeout if connect_timeout is None else min(timeout, connect_timeout)
                 self._await_connection(cmd, start + wait, wait)
+                # meta.timeout must say what is left now, not before the wait
+                frame = self._encode(cmd, args, uid, rid, compression, stream, deadline)
             try:
                 sock.send(frame, zmq.NOBLOCK)
             except zmq.Again:
@@ -290,8 +331,11 @@ class Connection:
         try:
             status = head.get("status")
             err_msg = head.get("err_msg")
+            if stream:
+                # the only page of a stream is page 0: a later one means the first were lost
+                self._check_seq(head, 0, False)
             if status == protocol.Status.FAILURE:
-                return Reply(status, head.get("err_code"), err_msg, rid, None)
+                return self._failure(cmd, rid, head)
             if status not in (1, -2):
                 raise protocol.ProtocolError(f"unknown status {status!r}")
             if len(content) > GC_PAUSE_THRESHOLD:
@@ -304,42 +348,111 @@ class Connection:
             raise errors.ProtocolError(f"{cmd}: malformed reply from {self.endpoint}: {exc}") from None
         return Reply(status, None, err_msg, rid, datas)
 
+    def _encode(self, cmd: str, args: Sequence, uid: Optional[str], rid: int,
+                compression: bool, stream: int, deadline: float) -> bytes:
+        return protocol.encode_request(
+            cmd, args, uid, id=rid, compression=compression, stream=stream,
+            window=protocol.DEFAULT_WINDOW if stream else None,
+            timeout_ms=max(int((deadline - time.monotonic()) * 1000), 0))
+
+    def _failure(self, cmd: str, rid: int, head: dict) -> Reply:
+        """A failure reply, or the error it means for the transport (TIMEOUT, AUTH)."""
+        code = head.get("err_code")
+        err_msg = head.get("err_msg")
+        if isinstance(err_msg, bytes):
+            err_msg = err_msg.decode("utf-8", "replace")
+        if code == protocol.ErrorCode.TIMEOUT and head.get("id") is not None:
+            self.server_timeouts += 1
+            raise errors.ElevatorTimeout(
+                f"{cmd}: {self.endpoint} could not start it within the call's deadline "
+                f"(nothing was done): {err_msg}", request_sent=False)
+        if code == protocol.ErrorCode.AUTH and head.get("id") is not None:
+            self.is_tainted = True
+            raise errors.AuthenticationError(
+                f"{cmd}: {self.endpoint} no longer accepts this client's CURVE key: {err_msg}")
+        detail = head.get(protocol.ERR_DETAIL)
+        return Reply(protocol.Status.FAILURE, code, err_msg, rid, None,
+                     detail if isinstance(detail, dict) else None)
+
+    @staticmethod
+    def _check_seq(head: dict, expected: int, seen_seq: bool) -> bool:
+        """Whether the page carries a seq; raises protocol.ProtocolError when it is not
+        page ``expected``, or has none after earlier pages had one."""
+        seq = head.get(protocol.SEQ)
+        if seq is None:
+            if seen_seq:
+                raise protocol.ProtocolError(
+                    f"incomplete stream: expected page {expected}, got a page without seq")
+            return False
+        if isinstance(seq, bool) or seq != expected:
+            raise protocol.ProtocolError(
+                f"incomplete stream: expected page {expected}, got {seq!r}")
+        return True
+
+    def _send_credit(self, rid: int, pages: int) -> None:
+        """Grant ``pages`` more pages of stream ``rid`` (0: close it); never blocks."""
+        try:
+            self.socket.send(protocol.encode_credit(rid, pages), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            # a full queue or a closed socket: the server's window bounds what it sends
+            pass
+
     def _receive_stream(self, cmd: str, rid: int, head: dict, content: bytes, deadline: float,
                         timeout: float) -> Reply:
         """The pages of a streamed reply, the first one already received: each decoded
         while the server reads the next, with the GC paused; the collection of a page's
         lists then runs while the next page is on its way, instead of all of them after
-        the last. A failure page ends the stream."""
+        the last. A failure page ends the stream.
+
+        Pages must come as seq 0, 1, 2...: a gap, repeat or reversal raises
+        ProtocolError (the socket is tainted). A stream without any seq (an older
+        server) is taken as it comes; a page without seq after pages with one is an
+        error. Each page taken is credited (CREDIT [id, 1]); giving up closes the
+        stream (CREDIT [id, 0]).
+        """
         items: list = []
         status = protocol.Status.SUCCESS
-        while True:
-            try:
-                page_status = head.get("status")
-                if page_status == protocol.Status.FAILURE:
-                    return Reply(page_status, head.get("err_code"), head.get("err_msg"),
-                                 rid, None)
-                if page_status not in (1, -2):
-                    raise protocol.ProtocolError(f"unknown status {page_status!r}")
-                if page_status == protocol.Status.WARNING:
-                    status = page_status
-                with gc_paused():
-                    page = protocol.decode_content(content, bool(head.get("compression")))
-                if not isinstance(page, list):
-                    raise protocol.ProtocolError("a streamed page is not an array")
-            except protocol.ProtocolError as exc:
-                self.is_tainted = True
-                raise errors.ProtocolError(
-                    f"{cmd}: malformed reply from {self.endpoint}: {exc}") from None
-            items.extend(page)
-            if not head.get(protocol.MORE):
-                return Reply(status, None, head.get("err_msg"), rid, items)
-            try:
-                head, content = self._receive(cmd, rid, deadline, timeout)
-            except zmq.ZMQError as exc:
-                self.is_tainted = True
-                raise errors.ConnectionError(f"{cmd} to {self.endpoint}: {exc}") from exc
-            finally:
-                self.last_used = time.monotonic()
+        expected = 0
+        seen_seq = False
+        done = False
+        try:
+            while True:
+                try:
+                    seen_seq = self._check_seq(head, expected, seen_seq)
+                    expected += 1
+                    page_status = head.get("status")
+                    if page_status == protocol.Status.FAILURE:
+                        done = True
+                        return self._failure(cmd, rid, head)
+                    if page_status not in (1, -2):
+                        raise protocol.ProtocolError(f"unknown status {page_status!r}")
+                    if page_status == protocol.Status.WARNING:
+                        status = page_status
+                    with gc_paused():
+                        page = protocol.decode_content(content, bool(head.get("compression")))
+                    if not isinstance(page, list):
+                        raise protocol.ProtocolError("a streamed page is not an array")
+                except protocol.ProtocolError as exc:
+                    self.is_tainted = True
+                    raise errors.ProtocolError(
+                        f"{cmd}: malformed reply from {self.endpoint}: {exc}") from None
+                items.extend(page)
+                if not head.get(protocol.MORE):
+                    done = True
+                    return Reply(status, None, head.get("err_msg"), rid, items)
+                if seen_seq:
+                    self._send_credit(rid, 1)
+                try:
+                    head, content = self._receive(cmd, rid, deadline, timeout)
+                except zmq.ZMQError as exc:
+                    self.is_tainted = True
+                    raise errors.ConnectionError(f"{cmd} to {self.endpoint}: {exc}") from exc
+                finally:
+                    self.last_used = time.monotonic()
+        finally:
+            if not done and (seen_seq or head.get(protocol.SEQ) is not None) \
+                    and not self.socket.closed:
+                self._send_credit(rid, 0)
 
     def _receive(self, cmd: str, rid: int, deadline: float, timeout: float) -> Tuple[dict, bytes]:
         sock = self.socket
@@ -377,6 +490,11 @@ class Connection:
                     f"{cmd}: malformed reply from {self.endpoint}: {exc}") from None
             hid = head.get("id")
             if hid is None:
+                if self.ids_echoed:
+                    # A server that echoes ids sent one without: the refusal of a request
+                    # it could not read (an older server), never this request's answer.
+                    self.stale_replies += 1
+                    continue
                 # The original server: no ids, so one request in flight and no way to
                 # recognise a late reply (see _timed_out).
                 if self.ids_echoed is None:

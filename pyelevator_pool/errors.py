@@ -15,7 +15,7 @@ __all__ = [
     "ElevatorError", "ServerError", "ElevatorTypeError", "ElevatorKeyError", "ElevatorValueError",
     "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError", "DatabaseError",
     "SignalError", "RequestError", "TransportError", "ElevatorTimeout", "ConnectionError", "ProtocolError",
-    "AuthenticationError", "LimitExceeded",
+    "AuthenticationError", "LimitExceeded", "RequestLimitExceeded",
     "PoolError", "PoolTimeout", "PoolClosed", "CompressionUnavailable", "error_from_reply",
 ]
 
@@ -33,10 +33,13 @@ class ServerError(ElevatorError):
     code: Optional[int] = None
 
     def __init__(self, message: str, *, code: Optional[int] = None, command: Optional[str] = None,
-                 db: Optional[str] = None, endpoint: Optional[str] = None) -> None:
+                 db: Optional[str] = None, endpoint: Optional[str] = None,
+                 detail: Optional[dict] = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        #: the server's machine-readable facts (protocol.ERR_DETAIL), {} when it sent none
+        self.detail: dict = dict(detail) if detail else {}
         self.message = message
         self.command = command
         self.db = db
@@ -133,11 +136,18 @@ class LimitExceeded(ElevatorError, ValueError):
     is atomic: it is never split). Raised before anything is sent. ``limit`` names the
     server option (``max_keys``...), ``value`` is the call's size, ``maximum`` the limit."""
 
-    def __init__(self, message: str, *, limit: str, value: int, maximum: int) -> None:
+    def __init__(self, message: str, *, limit: Optional[str] = None, value: Optional[int] = None,
+                 maximum: Optional[int] = None) -> None:
         super().__init__(message)
         self.limit = limit
         self.value = value
         self.maximum = maximum
+
+
+class RequestLimitExceeded(RequestError, LimitExceeded):
+    """The server refused a request over one of its limits (REQUEST with err_detail)."""
+
+
 
 
 class ProtocolError(ElevatorError, ValueError):
@@ -160,13 +170,29 @@ class PoolClosed(PoolError):
     """The pool was closed."""
 
 
+class _ValueLimitExceeded(ElevatorValueError, LimitExceeded):
+    """The server refused a call over one of its limits (VALUE with err_detail)."""
+
+
 _BY_CODE: Dict[int, Type[ServerError]] = {cls.code: cls for cls in (
     ElevatorTypeError, ElevatorKeyError, ElevatorValueError, ElevatorIndexError,
     ElevatorRuntimeError, ElevatorOSError, DatabaseError, SignalError, RequestError)}
 
 
 def error_from_reply(code: Optional[int], message: Optional[str], *, command: Optional[str] = None,
-                     db: Optional[str] = None, endpoint: Optional[str] = None) -> ServerError:
-    """The exception for a server failure reply: the one place codes become classes."""
+                     db: Optional[str] = None, endpoint: Optional[str] = None,
+                     detail: Optional[dict] = None) -> ServerError:
+    """The exception for a server failure reply: the one place codes become classes.
+    An over-limit failure (``detail`` names a ``limit``) is also a LimitExceeded."""
     cls = ServerError if code is None else _BY_CODE.get(code, ServerError)
-    return cls(message or "server error", code=code, command=command, db=db, endpoint=endpoint)
+    limit = detail.get("limit") if isinstance(detail, dict) else None
+    if isinstance(limit, str):
+        cls = {ErrorCode.REQUEST: RequestLimitExceeded,
+               ErrorCode.VALUE: _ValueLimitExceeded}.get(code, cls)  # type: ignore[arg-type]
+    exc = cls(message or "server error", code=code, command=command, db=db, endpoint=endpoint,
+              detail=detail)
+    if isinstance(exc, LimitExceeded):
+        exc.limit = limit
+        exc.value = detail.get("value") if detail else None
+        exc.maximum = detail.get("maximum") if detail else None
+    return exc

@@ -16,13 +16,23 @@ from typing import Any, Callable, Deque, Dict, Iterator, Optional, Sequence
 
 import zmq
 
-from . import errors
+from . import errors, protocol
 from .connection import Connection, normalize_endpoint
 from .protocol import Reply
 from .retry import RetryPolicy
 from .security import CurveKeys
 
-__all__ = ["ElevatorPool"]
+__all__ = ["ElevatorPool", "parse_limits"]
+
+
+def parse_limits(reply: Reply) -> Dict[str, int]:
+    """A LIMITS reply as ``{name: int > 0}``; ``{}`` for a server without LIMITS."""
+    datas = reply.datas if reply.status != protocol.Status.FAILURE else None
+    if not isinstance(datas, dict):
+        return {}
+    return {(k.decode("utf-8", "replace") if isinstance(k, bytes) else k): v
+            for k, v in datas.items()
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0}
 
 
 class _Waiter:
@@ -159,6 +169,7 @@ class ElevatorPool:
         self._replaced = 0
         self._health_checks = 0
         self._stale_replies = 0
+        self._server_timeouts = 0
 
     def _after_fork(self) -> None:
         # The child must never touch the parent's context or sockets (pyzmq also
@@ -225,7 +236,8 @@ class ElevatorPool:
         """Open a socket for a slot already counted in ``_size`` and ``_in_use``."""
         try:
             conn = Connection(self._context, self.endpoint,
-                              heartbeat_interval=self.heartbeat_interval, security=self._security)
+                              heartbeat_interval=self.heartbeat_interval, security=self._security,
+                              connect_timeout=self.connect_timeout)
         except BaseException as exc:
             self._release_slot()
             if isinstance(exc, zmq.ZMQError):
@@ -307,6 +319,7 @@ class ElevatorPool:
             if replaced:
                 self._replaced += 1
             self._stale_replies += conn.stale_replies
+            self._server_timeouts += conn.server_timeouts
 
     def _release_slot(self) -> None:
         """A counted slot is free again: let a waiter open a socket in it."""
@@ -385,11 +398,23 @@ class ElevatorPool:
         try:
             return conn.request(cmd, args, uid, timeout=max(deadline - time.monotonic(), 0.0),
                                 compression=compression, stream=stream,
-                                connect_timeout=self.connect_timeout)
+                                connect_timeout=self.connect_timeout,
+                                max_message_size=self._max_message_size)
         except errors.ElevatorTimeout:
             with self._lock:
                 self._timeouts += 1
             raise
+
+    def _max_message_size(self, conn: Connection, deadline: float) -> Optional[int]:
+        """The server's max_message_size (None: it has no LIMITS), fetched once per pool
+        on ``conn`` itself, before the large request is sent on it."""
+        limits = self.server_limits
+        if limits is None:
+            reply = conn.request(protocol.LIMITS, [], None,
+                                 timeout=max(deadline - time.monotonic(), 0.0),
+                                 connect_timeout=self.connect_timeout)
+            limits = self.server_limits = parse_limits(reply)
+        return limits.get("max_message_size")
 
     def _replace_pinned(self, conn: Connection, deadline: float) -> Connection:
         with self._lock:
@@ -431,9 +456,12 @@ class ElevatorPool:
         """Counters: ``size`` (open sockets), ``in_use``, ``idle``, ``max_size``, ``waiting``,
         ``checkouts``, ``wait_time_total`` (seconds), ``timeouts`` (calls that got no reply
         in time), ``checkout_timeouts``, ``retries``, ``replaced``, ``health_checks``,
-        ``stale_replies`` (late replies recognised by id and dropped)."""
+        ``stale_replies`` (late replies recognised by id and dropped), ``server_timeouts``
+        (timeouts that were the server's TIMEOUT answer: not started in time, nothing done;
+        such a call leaves no late reply)."""
         with self._lock:
             stale = self._stale_replies + sum(c.stale_replies for c in self._all)
+            server_timeouts = self._server_timeouts + sum(c.server_timeouts for c in self._all)
             return {
                 "size": len(self._all), "in_use": self._in_use, "idle": len(self._idle),
                 "max_size": self.max_size, "waiting": len(self._waiters),
@@ -441,6 +469,7 @@ class ElevatorPool:
                 "timeouts": self._timeouts, "checkout_timeouts": self._checkout_timeouts,
                 "retries": self._retries, "replaced": self._replaced,
                 "health_checks": self._health_checks, "stale_replies": stale,
+                "server_timeouts": server_timeouts,
                 "closed": self._closed,
             }
 
