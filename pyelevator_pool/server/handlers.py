@@ -519,8 +519,12 @@ class Dispatcher:
         return self.store.list()
 
     def _dbrepair(self, uid: Optional[str], args: list) -> Any:
+        _arity("DBREPAIR", args, 0, 1)
+        if args:  # by name: reaches a registered database that cannot be opened
+            self.store.repair(name=_name(args[0]))
+            return None
         if not uid:
-            raise CommandError("DBREPAIR needs the uid of the database to repair",
-                               ErrorCode.REQUEST)
+            raise CommandError("DBREPAIR needs the uid of the database to repair, or its name "
+                               "in args", ErrorCode.REQUEST)
         self.store.repair(uid)
         return None
