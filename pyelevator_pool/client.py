@@ -402,7 +402,10 @@ class Elevator:
         return values
 
     def Put(self, key: Key, value: Value, *, timeout: Optional[float] = None) -> None:
-        """Store ``value`` under ``key``. Acknowledged once LevelDB accepted it."""
+        """Store ``value`` under ``key``. Acknowledged once LevelDB accepted it.
+
+        Raises LimitExceeded, before sending, when the request is larger than the
+        server's max_message_size."""
         self._call(protocol.PUT, [to_bytes(key), to_bytes(value, "value")], timeout=timeout,
                    is_write=True)
 

@@ -116,6 +116,8 @@ class Connection:
         self.stale_replies = 0
         #: requests the server answered TIMEOUT (not started within meta.timeout)
         self.server_timeouts = 0
+        #: the size of the last request frame sent or refused (bytes)
+        self.last_frame_size = 0
         self._ids = itertools.count(1)
         #: a completed (handshaken) connection exists, as last reported by the monitor
         self._connected = False
@@ -289,6 +291,7 @@ class Connection:
         start = time.monotonic()
         deadline = start + timeout
         frame = self._encode(cmd, args, uid, rid, compression, stream, deadline)
+        self.last_frame_size = len(frame)
         if len(frame) > protocol.MIN_MAX_MESSAGE_SIZE and max_message_size is not None:
             maximum = max_message_size(self, deadline)
             if maximum is not None and len(frame) > maximum:

@@ -133,8 +133,11 @@ class AuthenticationError(ConnectionError):
 
 class LimitExceeded(ElevatorError, ValueError):
     """A call the client cannot split exceeds one of the server's limits (a WriteBatch
-    is atomic: it is never split). Raised before anything is sent. ``limit`` names the
-    server option (``max_keys``...), ``value`` is the call's size, ``maximum`` the limit."""
+    is atomic: it is never split; a request frame over ``max_message_size``). Raised
+    before anything is sent, or (RequestLimitExceeded and the VALUE form) from the
+    server's over-limit answer; never retried. ``limit`` names the server option
+    (``max_keys``, ``max_message_size``...), ``value`` is the call's size, ``maximum``
+    the limit (None when the server did not say)."""
 
     def __init__(self, message: str, *, limit: Optional[str] = None, value: Optional[int] = None,
                  maximum: Optional[int] = None) -> None:

@@ -404,6 +404,12 @@ class ElevatorPool:
             with self._lock:
                 self._timeouts += 1
             raise
+        except errors.ConnectionError as exc:
+            if exc.request_sent and conn.last_frame_size > protocol.MIN_MAX_MESSAGE_SIZE:
+                # a server restarted with a lower max_message_size drops the connection of
+                # a larger frame (libzmq): check the limits again before a retry sends it
+                self.server_limits = None
+            raise
 
     def _max_message_size(self, conn: Connection, deadline: float) -> Optional[int]:
         """The server's max_message_size (None: it has no LIMITS), fetched once per pool

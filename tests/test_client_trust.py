@@ -432,3 +432,18 @@ def test_the_reconnect_interval_fits_within_the_connect_timeout(server):
             pool.checkin(conn)
     finally:
         pool.close()
+
+
+def test_stale_cached_limits_do_not_resend_a_frame_the_server_drops(tmp_path):
+    with ServerProcess(str(tmp_path), args=["--max-message-size", "1000000"]) as srv:
+        E = Elevator(endpoint=srv.endpoint, timeout=10.0)
+        try:
+            # limits cached from before a restart with a lower --max-message-size
+            E.pool.server_limits = {"max_message_size": protocol.DEFAULT_MAX_MESSAGE_SIZE}
+            started = time.monotonic()
+            with pytest.raises(errors.LimitExceeded, match="1000000"):
+                E.Put("big", b"x" * 5_000_000)
+            assert time.monotonic() - started < 5.0
+            assert E.pool.stats()["retries"] <= 1
+        finally:
+            E.close()
