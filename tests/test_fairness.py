@@ -52,6 +52,7 @@ def test_unread_ranges_neither_grow_the_server_nor_slow_other_clients(tmp_path):
 def test_concurrent_big_mgets_do_not_starve_another_clients_gets(tmp_path):
     """(b) 16 threads, each its own socket, doing 100k-key MGETs back to back."""
     row = run_scenario("b", DURATION, data_dir=str(tmp_path))
+    assert row["load_failures"] == 0, f"{row['load_failures']} MGETs failed"
     _check(row, rss=True)
 
 
@@ -59,6 +60,7 @@ def test_a_repair_of_one_database_does_not_stall_gets_on_another(tmp_path):
     """(c) DBREPAIR of a 300k-key database, over and over; the GETs read ``default``."""
     row = run_scenario("c", DURATION, data_dir=str(tmp_path))
     assert row["load_ops"] > 0, "no DBREPAIR completed: the scenario measured nothing"
+    assert row["load_failures"] == 0, f"{row['load_failures']} DBREPAIRs failed"
     _check(row)
 
 
