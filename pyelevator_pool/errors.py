@@ -189,9 +189,10 @@ def error_from_reply(code: Optional[int], message: Optional[str], *, command: Op
     An over-limit failure (``detail`` names a ``limit``) is also a LimitExceeded."""
     cls = ServerError if code is None else _BY_CODE.get(code, ServerError)
     limit = detail.get("limit") if isinstance(detail, dict) else None
-    if isinstance(limit, str):
-        cls = {ErrorCode.REQUEST: RequestLimitExceeded,
-               ErrorCode.VALUE: _ValueLimitExceeded}.get(code, cls)  # type: ignore[arg-type]
+    if isinstance(limit, str) and code == ErrorCode.REQUEST:
+        cls = RequestLimitExceeded
+    elif isinstance(limit, str) and code == ErrorCode.VALUE:
+        cls = _ValueLimitExceeded
     exc = cls(message or "server error", code=code, command=command, db=db, endpoint=endpoint,
               detail=detail)
     if isinstance(exc, LimitExceeded):
