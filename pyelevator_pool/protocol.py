@@ -23,7 +23,7 @@ __all__ = [
     "Request", "Reply", "DATA_COMMANDS", "DB_COMMANDS", "ALL_COMMANDS",
     "encode_request", "decode_request", "encode_reply", "encode_error_reply",
     "decode_reply", "compress", "decompress", "DEFAULT_MAX_MESSAGE_SIZE", "MIN_MAX_MESSAGE_SIZE",
-    "peek_id", "encode_credit",
+    "peek", "peek_id", "encode_credit",
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024  # 64 MiB: a 1M-pair batch of 32-byte values fits
@@ -200,34 +200,68 @@ def _peek_key(unpacker: "msgpack.Unpacker") -> Any:
     return key
 
 
-def peek_id(frame: Any) -> Any:
-    """The ``meta.id`` of a request frame, read without decoding the rest (bounded work:
-    only map headers and the ``meta`` entry are decoded, other values skipped), or None
-    when the frame has no readable id. Never raises."""
+class Peek(NamedTuple):
+    """What :func:`peek` read of a request frame; None for each field it could not read."""
+    id: Any
+    cmd: Optional[str]
+    uid: Optional[str]
+
+
+def _peek_text(value: Any) -> Optional[str]:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def _peek_meta_id(unpacker: "msgpack.Unpacker") -> Any:
+    for _ in range(min(unpacker.read_map_header(), _PEEK_ENTRIES)):
+        if _peek_key(unpacker) != "id":
+            unpacker.skip()
+            continue
+        rid = unpacker.unpack()
+        if isinstance(rid, bytes):
+            try:
+                rid = rid.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        if isinstance(rid, bool) or not isinstance(rid, (int, str, bytes)):
+            return None
+        return rid
+    return None
+
+
+def peek(frame: Any) -> Peek:
+    """``meta.id``, ``cmd`` and ``uid`` of a request frame, read without decoding the rest
+    (bounded work: only map headers and those entries are decoded, other values skipped,
+    so a huge ``args`` costs nothing when it comes last, as this client packs it). Never
+    raises: what cannot be read is None."""
+    rid = cmd = uid = None
     try:
         unpacker = msgpack.Unpacker(io.BytesIO(bytes(frame)), raw=True, strict_map_key=False,
                                     read_size=4096)
+        seen = 0
         for _ in range(min(unpacker.read_map_header(), _PEEK_ENTRIES)):
-            if _peek_key(unpacker) != "meta":
+            key = _peek_key(unpacker)
+            if key == "meta":
+                rid = _peek_meta_id(unpacker)
+            elif key == "cmd":
+                cmd = _peek_text(unpacker.unpack())
+            elif key == "uid":
+                uid = _peek_text(unpacker.unpack())
+            else:
                 unpacker.skip()
                 continue
-            for _ in range(min(unpacker.read_map_header(), _PEEK_ENTRIES)):
-                if _peek_key(unpacker) != "id":
-                    unpacker.skip()
-                    continue
-                rid = unpacker.unpack()
-                if isinstance(rid, bytes):
-                    try:
-                        rid = rid.decode("utf-8")
-                    except UnicodeDecodeError:
-                        pass
-                if isinstance(rid, bool) or not isinstance(rid, (int, str, bytes)):
-                    return None
-                return rid
-            return None
+            seen += 1
+            if seen == 3:
+                break
     except Exception:  # noqa: BLE001 - a frame that is not a map, truncated, or garbage
-        return None
-    return None
+        pass
+    return Peek(rid, cmd, uid)
+
+
+def peek_id(frame: Any) -> Any:
+    """The ``meta.id`` of a request frame (see :func:`peek`), or None. Never raises."""
+    return peek(frame).id
 
 
 def _text(value: Any, what: str) -> str:

@@ -14,7 +14,6 @@ clients that need order use ``meta.id``.
 from __future__ import annotations
 
 import gc
-import io
 import itertools
 import logging
 import os
@@ -26,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-import msgpack
 import zmq
 
 from .. import protocol
@@ -284,7 +282,7 @@ class Server:
         return encode_error_reply(
             ErrorCode.AUTH, "this client's CURVE key is no longer authorized (removed from "
             "--curve-authorized-keys and reloaded): the request was not run",
-            id=_peek(payload)[0] if payload is not None else None)
+            id=protocol.peek_id(payload) if payload is not None else None)
 
     def _recv_authorized(self, flags: int = 0) -> Optional[List[bytes]]:
         """Receive one request with its sender's key checked: its frames, or None when the
@@ -465,7 +463,7 @@ class Server:
             if frames is None:  # a revoked CURVE key: _recv_authorized sent the refusal
                 continue
             if len(frames) != 2:
-                rid = _peek(frames[1])[0] if len(frames) > 1 else None
+                rid = protocol.peek_id(frames[1]) if len(frames) > 1 else None
                 send(frames[0], encode_error_reply(
                     ErrorCode.REQUEST, f"request has {len(frames) - 1} frames, expected 1",
                     id=rid))
@@ -473,7 +471,7 @@ class Server:
             ident, frame = frames
             big = len(frame) > _BIG_FRAME
             if big and workers:
-                rid, cmd, uid = _peek(frame)  # even its decoding is heavy: a worker does it
+                rid, cmd, uid = protocol.peek(frame)  # even its decoding is heavy: a worker does it
                 scheduler.submit(ident, received, frame=frame, rid=rid, cmd=cmd, uid=uid)
                 continue
             try:
@@ -615,35 +613,6 @@ class Server:
         log.info("elevator-server stopped")
 
 
-
-def _peek(frame: bytes) -> Tuple[Any, Optional[str], Optional[str]]:
-    """``(meta.id, cmd, uid)`` of a request frame, read without decoding its args (which a
-    worker decodes); Nones for what cannot be read. Never raises."""
-    rid = cmd = uid = None
-    try:
-        unpacker = msgpack.Unpacker(io.BytesIO(frame), raw=True, strict_map_key=False,
-                                    read_size=4096)
-        for _ in range(unpacker.read_map_header()):
-            key = unpacker.unpack()
-            if key == b"meta":
-                meta = unpacker.unpack()
-                if isinstance(meta, dict):
-                    rid = meta.get(b"id")
-                    rid = rid.decode("utf-8", "replace") if isinstance(rid, bytes) else rid
-            elif key in (b"cmd", b"uid"):
-                value = unpacker.unpack()
-                text = value.decode("utf-8", "replace") if isinstance(value, bytes) else None
-                if key == b"cmd":
-                    cmd = text
-                else:
-                    uid = text
-            else:
-                unpacker.skip()
-            if rid is not None and cmd is not None and uid is not None:
-                break
-    except Exception:
-        pass
-    return rid, cmd, uid
 
 
 class _ServerContext(zmq.Context):
