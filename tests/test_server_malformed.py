@@ -117,3 +117,17 @@ def test_no_malformed_request_reached_an_unexpected_error_path(server, client):
     # none by the catch-all that logs a traceback.
     assert client.call("PING").datas == [b"PONG"]
     assert "Traceback" not in server.log_tail(lines=100000)
+
+
+def test_a_max_message_size_below_the_floor_clients_check_is_refused_at_start(tmp_path):
+    """Clients check only frames above MIN_MAX_MESSAGE_SIZE against the server's limit:
+    a lower limit would let smaller frames through, to be dropped unanswered."""
+    import subprocess
+    import sys
+    low = str(protocol.MIN_MAX_MESSAGE_SIZE - 1)
+    done = subprocess.run([sys.executable, "-m", "pyelevator_pool.server", "--data-dir",
+                           str(tmp_path), "--port", "0", "--max-message-size", low],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"must be >= {protocol.MIN_MAX_MESSAGE_SIZE}" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

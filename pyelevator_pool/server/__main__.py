@@ -48,6 +48,15 @@ def _limit(text: str) -> int:
     return value
 
 
+def _message_size(text: str) -> int:
+    # Clients check only frames above this floor against LIMITS: a lower limit would let
+    # smaller frames through to be dropped by libzmq, unanswered.
+    value = _positive_int(text.replace("_", "").replace(",", ""))
+    if value < protocol.MIN_MAX_MESSAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be >= {protocol.MIN_MAX_MESSAGE_SIZE}: {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -76,9 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="DIR",
                    help="allow DBCREATE of databases at absolute paths under DIR (repeatable); "
                         "without it only plain names inside the data dir are accepted")
-    p.add_argument("--max-message-size", type=_positive_int,
+    p.add_argument("--max-message-size", type=_message_size,
                    default=protocol.DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES",
-                   help="largest request accepted (default: %(default)s)")
+                   help="largest request accepted, at least "
+                        f"{protocol.MIN_MAX_MESSAGE_SIZE} (default: %(default)s)")
     p.add_argument("--max-keys", type=_limit, default=DEFAULT_MAX_KEYS, metavar="N",
                    help="most keys of one MGET and operations of one BATCH "
                         "(default: %(default)s)")
