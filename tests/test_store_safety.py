@@ -109,6 +109,33 @@ def test_missing_current_is_an_error_not_an_empty_database_and_repair_by_name_re
         srv.stop()
 
 
+def test_repair_by_name_of_an_unknown_database_or_without_a_target(data):
+    with ServerProcess(data) as srv, RawClient(srv.endpoint) as c:
+        assert "nope" in failed(c.call(protocol.DBREPAIR, ["nope"]))
+        failed(c.call(protocol.DBREPAIR, []), ErrorCode.REQUEST)
+        ok(c.call(protocol.DBREPAIR, ["default"]))
+        ok(c.call(protocol.DBREPAIR, [], c.uid("default")))
+
+
+def test_another_data_dirs_absolute_path_is_kept_but_validated(data, tmp_path):
+    other = str(tmp_path / "other")
+    os.mkdir(other)
+    with ServerProcess(other) as srv, RawClient(srv.endpoint) as c:
+        ok(c.call(protocol.DBCREATE, ["x"]))
+        ok(c.call(protocol.PUT, [b"k", b"v"], c.uid("x")))
+    with ServerProcess(data):
+        pass
+    entries = registry(data)
+    entries["x"] = dict(registry(other)["x"], path=os.path.join(other, "dbs", "x"))
+    write_registry(data, entries)
+    with ServerProcess(data) as srv, RawClient(srv.endpoint) as c:
+        assert "outside" in failed(c.call(protocol.DBCONNECT, ["x"]))
+    assert registry(data)["x"]["path"] == os.path.join(other, "dbs", "x")
+    with ServerProcess(data, args=["--allow-path", str(tmp_path)]) as srv, \
+            RawClient(srv.endpoint) as c:
+        assert ok(c.call(protocol.GET, [b"k"], c.uid("x"))) == [b"v"]
+
+
 def test_removed_directory_is_not_recreated(data):
     srv = ServerProcess(data).start()
     try:

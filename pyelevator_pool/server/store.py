@@ -475,6 +475,8 @@ class Store:
         """``db``'s handle, opened if needed (outside the lock); ``use``: count a user."""
         with self._lock:
             self._wait_usable(db)
+            if self._by_uid.get(db.uid) is not db:  # dropped since the caller looked it up
+                raise CommandError(f"Database {db.name} doesn't exist", ErrorCode.RUNTIME)
             if db.handle is not None:
                 if use:
                     db.users += 1
