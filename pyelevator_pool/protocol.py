@@ -65,6 +65,9 @@ LIMITS = "LIMITS"
 
 DB_COMMANDS = frozenset({PING, DBCONNECT, DBMOUNT, DBUMOUNT, DBCREATE, DBDROP, DBLIST, DBREPAIR,
                          LIMITS})
+#: commands that may have no arguments: ``args`` may then also be ``{}`` or nil (the original
+#: client sends {})
+NO_ARGS = frozenset({PING, DBLIST, DBREPAIR, LIMITS})
 ALL_COMMANDS = DATA_COMMANDS | DB_COMMANDS
 
 # Streamed replies (extension): the request's meta key (items per reply), and the
@@ -114,6 +117,9 @@ class Request(NamedTuple):
     #: the client's ``meta.id`` (extension), echoed in the reply header; None when absent
     id: Any
     compression: bool
+    #: an original client's request (no ``meta.id``, no msgpack bin anywhere): answer it
+    #: with keys and values packed as msgpack str, which msgpack-python < 0.4 can decode
+    legacy: bool = False
 
 
 class Reply(NamedTuple):
@@ -320,6 +326,8 @@ def decode_request(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Re
             raise ProtocolError("request has no 'cmd'")
         cmd = _text(fields["cmd"], "'cmd'")
         args = fields.get("args", None)
+        if cmd in NO_ARGS and (args is None or args == {}):
+            args = []  # the original client sends {} for DBLIST and DBREPAIR
         if args is None:
             raise ProtocolError(f"{cmd}: request has no 'args' (send [] for none)")
         if not isinstance(args, list):
@@ -330,17 +338,39 @@ def decode_request(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Re
     except ProtocolError as exc:
         exc.id = rid
         raise
-    return Request(cmd, uid, args, meta, rid, bool(meta.get("compression", False)))
+    return Request(cmd, uid, args, meta, rid, bool(meta.get("compression", False)),
+                   rid is None and not _has_bin(frame))
+
+
+def _has_bin(frame: bytes) -> bool:
+    """Whether a (valid, size-checked) request frame holds any msgpack bin value."""
+    try:
+        stack = [msgpack.unpackb(frame, raw=False, unicode_errors="surrogateescape",
+                                 strict_map_key=False)]
+    except Exception:  # decoded once already with raw=True; be safe all the same
+        return True
+    while stack:
+        value = stack.pop()
+        if isinstance(value, bytes):
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 # -------------------------------------------------------------------- replies
 
 def encode_reply(datas: Any, *, status: int = Status.SUCCESS, compression: bool = False,
                  id: Any = None, err_msg: Optional[str] = None,
-                 more: bool = False, seq: Optional[int] = None) -> List[bytes]:
+                 more: bool = False, seq: Optional[int] = None,
+                 legacy: bool = False) -> List[bytes]:
     """The two reply frames ``[header, content]`` of a successful (or warning) reply.
     ``more``: a page of a streamed reply that other pages follow (see encode_request);
-    ``seq``: the page's index in its stream (SEQ)."""
+    ``seq``: the page's index in its stream (SEQ); ``legacy``: pack bytes as msgpack str,
+    as the original server did (see Request.legacy)."""
     header = {"status": int(status), "err_code": None, "err_msg": err_msg,
               "compression": bool(compression)}
     if more:
@@ -349,7 +379,7 @@ def encode_reply(datas: Any, *, status: int = Status.SUCCESS, compression: bool 
         header[SEQ] = seq
     if id is not None:
         header["id"] = id
-    content = msgpack.packb({"datas": datas}, use_bin_type=True)
+    content = msgpack.packb({"datas": datas}, use_bin_type=not legacy)
     if compression:
         content = compress(content)
     return [msgpack.packb(header, use_bin_type=True), content]

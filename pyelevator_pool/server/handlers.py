@@ -161,10 +161,12 @@ class Dispatcher:
         except Exception as exc:
             return self._failure(request, exc)
         try:
-            return encode_reply(datas, status=status, compression=request.compression, id=rid)
+            return encode_reply(datas, status=status, compression=request.compression, id=rid,
+                                legacy=request.legacy)
         except CompressionUnavailable:
             # The header says compression=false, which a client honours.
-            return encode_reply(datas, status=status, compression=False, id=rid)
+            return encode_reply(datas, status=status, compression=False, id=rid,
+                                legacy=request.legacy)
         except Exception as exc:  # e.g. a result msgpack cannot pack
             log.exception("encoding the reply of %s", request.cmd)
             return encode_error_reply(ErrorCode.RUNTIME, f"{request.cmd}: {exc}", id=rid)
