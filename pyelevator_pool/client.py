@@ -333,9 +333,16 @@ class Elevator:
                                 "(check listdb())") from exc
             raise
 
-    def repairdb(self, *, timeout: Optional[float] = None) -> None:
-        """Run LevelDB's repair on the bound database."""
-        self._admin(protocol.DBREPAIR, [], timeout=timeout)
+    def repairdb(self, db_name: Optional[str] = None, *,
+                 timeout: Optional[float] = None) -> None:
+        """Run LevelDB's repair on the bound database, or on ``db_name``: a database whose
+        files are missing or damaged cannot be bound to (DatabaseError), but is repaired
+        by name. Raises DatabaseError when it does not exist or the repair fails."""
+        if db_name is None:
+            self._admin(protocol.DBREPAIR, [], timeout=timeout)
+        else:
+            self._admin(protocol.DBREPAIR, [_check_db_name(db_name)], timeout=timeout,
+                        bound=False)
 
     def mount(self, db_name: Optional[str] = None, *, timeout: Optional[float] = None) -> None:
         """Open a database on the server (the bound one by default)."""

@@ -393,3 +393,25 @@ def test_repair_of_a_big_database_does_not_stall_other_databases(data):
         assert p50 < min(0.05, shortest / 4), (p50, worst, repair_times)
         assert worst < 1.0, (p50, worst, repair_times)
         assert busy_seen is not None and busy_seen[0] < 1.0 and "busy" in str(busy_seen[1]), busy_seen
+
+
+def test_the_client_repairs_a_damaged_database_by_name(data):
+    from pyelevator_pool import DatabaseError, Elevator
+    srv = ServerProcess(data).start()
+    try:
+        with Elevator(endpoint=srv.endpoint) as admin:
+            admin.createdb("hurt")
+            with Elevator("hurt", pool=admin.pool) as hurt:
+                hurt.Put(b"k", b"v")
+            srv.terminate()
+            os.unlink(os.path.join(data, "dbs", "hurt", "CURRENT"))
+            srv.start()
+            with pytest.raises(DatabaseError, match="hurt"):
+                Elevator("hurt", endpoint=srv.endpoint)
+            with pytest.raises(TypeError):
+                admin.repairdb(5)  # type: ignore[arg-type]
+            admin.repairdb("hurt", timeout=60)
+            with Elevator("hurt", pool=admin.pool) as hurt:
+                assert hurt.Get(b"k") == b"v"
+    finally:
+        srv.stop()
