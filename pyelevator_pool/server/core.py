@@ -46,6 +46,7 @@ _BACKLOG_TICK = 0.01   # the same while some replies wait for a peer's queue to 
 _BURST = 256           # requests read per wake-up before looking at worker replies
 _BIG_FRAME = 16 * 1024  # request frames above this are decoded on a worker
 _DRAIN_TIME = 10.0     # seconds a graceful stop spends answering what is in flight
+_DRAIN_QUIET = 0.25    # seconds without a new request after which a stop stops reading
 
 
 @dataclass
@@ -572,9 +573,14 @@ class Server:
         assert scheduler is not None and outbox is not None
         deadline = time.monotonic() + _DRAIN_TIME
         reading = True
+        last_read = time.monotonic()
         while time.monotonic() < deadline:
             read = self._read_requests(front, _BURST) if reading else 0
-            reading = read > 0  # nothing left to read: everything received has been read
+            if read:
+                last_read = time.monotonic()
+            # Requests sent before the stop may still be on their way through libzmq's I/O
+            # thread: reading ends only after a quiet spell, not at the first empty read.
+            reading = reading and (read > 0 or time.monotonic() - last_read < _DRAIN_QUIET)
             forwarded = self._forward_replies(results, _BURST) if results is not None else 0
             self._pump()
             outbox.flush()
