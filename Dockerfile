@@ -5,7 +5,7 @@
 #   docker build -t pyelevator-pool-server .
 #   docker run -d -p 127.0.0.1:4141:4141 -v elevator-data:/data pyelevator-pool-server
 #
-# tests/test_docker.py runs the CMD of the last stage locally, substituting only the data dir
+# tests/integration/test_docker.py runs the CMD of the last stage locally, substituting only the data dir
 # and the port (and the bind address), so keep it one plain exec-form command line.
 
 FROM python:3.11-slim AS base

@@ -2,12 +2,11 @@
 must be the one CI runs."""
 from __future__ import annotations
 
-import pathlib
 
 import docutils.core
 import docutils.utils
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from paths import ROOT
 TEST_COMMAND = 'pip install -e ".[server,test]" && pytest'
 
 

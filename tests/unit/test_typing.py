@@ -1,11 +1,10 @@
 """The package type-checks: mypy with the project's configuration (setup.cfg [mypy])."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from paths import ROOT
 
 
 def test_package_is_mypy_clean(tmp_path):

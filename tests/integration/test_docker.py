@@ -23,7 +23,7 @@ import pytest
 
 from pyelevator_pool.testing import ping
 
-ROOT = Path(__file__).resolve().parent.parent
+from paths import ROOT
 DOCKERFILE = ROOT / "Dockerfile"
 START_TIMEOUT = 20.0  # seconds for the server to answer PING
 

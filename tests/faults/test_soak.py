@@ -1,4 +1,4 @@
-"""Soak (slow, not in the default run: ``pytest -m slow tests/test_soak.py -s``):
+"""Soak (slow, not in the default run: ``pytest -m slow tests/faults/test_soak.py -s``):
 1,000,000 mixed operations from 32 threads through one pool, one server SIGKILL+restart
 midway; fds, TCP connections and RSS of client and server must stay flat (tolerances in
 benchmarks/soak.py: check_flat). ``SOAK_OPS`` sets another size."""
@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from paths import ROOT
 if str(ROOT) not in sys.path:  # benchmarks/ is a top-level package of the checkout, not installed
     sys.path.insert(0, str(ROOT))
 

@@ -1,4 +1,4 @@
-"""Fuzzing with hypothesis, beyond tests/test_server_malformed.py (random bytes, random maps,
+"""Fuzzing with hypothesis, beyond tests/integration/test_server_malformed.py (random bytes, random maps,
 random typed values, batches, deep nesting are there):
 
 * the server: requests of each command's valid shape with wrongly typed slots, and frames

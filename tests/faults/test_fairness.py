@@ -11,11 +11,10 @@ DBREPAIR held every GET for the repair (p50 128 ms, p99 392 ms).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from paths import ROOT
 if str(ROOT) not in sys.path:  # benchmarks/ is a top-level package of the checkout, not installed
     sys.path.insert(0, str(ROOT))
 

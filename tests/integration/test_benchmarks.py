@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-ROOT = Path(__file__).resolve().parent.parent
+from paths import ROOT
 if str(ROOT) not in sys.path:  # benchmarks/ is a top-level package of the checkout, not installed
     sys.path.insert(0, str(ROOT))
 
