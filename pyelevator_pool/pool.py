@@ -456,6 +456,26 @@ class ElevatorPool:
             self._local.pin = None
             self.checkin(pin.conn)
 
+    def derive(self, **overrides: Any) -> "ElevatorPool":
+        """A new pool to the same server with this one's settings (its context, its CURVE
+        keys or ``security``, its retry policy and timeouts), ``overrides`` applied
+        (``max_size=4, timeout=60`` ...): for a job that needs sockets of its own, such as
+        a bulk load. The new pool shares this pool's context and must be closed first.
+        Raises TypeError for an option ElevatorPool does not take."""
+        options: Dict[str, Any] = {
+            "max_size": self.max_size, "timeout": self.timeout,
+            "checkout_timeout": self.checkout_timeout,
+            "health_check_interval": self.health_check_interval, "retry": self.retry,
+            "heartbeat_interval": self.heartbeat_interval,
+            "connect_timeout": self.connect_timeout}
+        unknown = sorted(set(overrides) - set(options))
+        if unknown:
+            raise TypeError(f"derive() got options ElevatorPool does not take or that a "
+                            f"derived pool keeps: {', '.join(unknown)}")
+        options.update(overrides)
+        return ElevatorPool(self.endpoint, context=self._live_context(), security=self._security,
+                            **options)
+
     # --------------------------------------------------------------------- state
 
     def stats(self) -> Dict[str, Any]:
