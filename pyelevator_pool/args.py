@@ -12,6 +12,8 @@ from typing import Any, Optional, Union
 __all__ = ["number", "integer", "timeout", "boolean", "db_name", "to_bytes", "optional_bytes"]
 
 Number = Union[int, float]
+Key = Union[str, bytes]
+Value = Union[str, bytes]
 
 
 def number(name: str, value: Any, *, minimum: Number = 0, inclusive: bool = False) -> Number:
@@ -25,12 +27,14 @@ def number(name: str, value: Any, *, minimum: Number = 0, inclusive: bool = Fals
     return value
 
 
-def integer(name: str, value: Any, *, minimum: int = 0) -> int:
-    """An int ``>= minimum``."""
+def integer(name: str, value: Any, *, minimum: int = 0, maximum: Optional[int] = None) -> int:
+    """An int ``>= minimum`` (and ``<= maximum`` when given)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, not {value!r}")
     return value
 
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union, cast
 
-from . import errors
-from .client import RANGE_ITER_PAGE, Elevator, Key, to_bytes
+from . import args, errors
+from .client import RANGE_ITER_PAGE, Elevator, Key
 from .pool import ElevatorPool
 from .protocol import BATCH_PUT
 from .retry import RetryPolicy
@@ -115,20 +115,12 @@ class _BadPair(ValueError):
         self.index = index
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value}")
-    return value
-
-
 def _find_bad_pair(ops: List[tuple], base: int) -> Optional[_BadPair]:
     """The first op whose key or value is not str/bytes (the server or msgpack refused it)."""
     for i, op in enumerate(ops):
         try:
-            to_bytes(op[1], "key")
-            to_bytes(op[2], "value")
+            args.to_bytes(op[1], "key")
+            args.to_bytes(op[2], "value")
         except (TypeError, UnicodeError) as exc:
             return _BadPair(base + i, str(exc))
     return None
@@ -293,19 +285,18 @@ def load(client_or_pool: ClientOrPool, pairs: Iterable[Pair], *, db_name: Option
     complete out of order); within one batch the later pair wins.
     """
     pool, name = _resolve(client_or_pool, db_name)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("workers", workers, 1)
-    _check_int("skip", skip, 0)
+    args.integer("batch_size", batch_size, minimum=1)
+    args.integer("workers", workers, minimum=1)
+    args.integer("skip", skip)
     if batch_bytes is not None:
-        _check_int("batch_bytes", batch_bytes, 1)
+        args.integer("batch_bytes", batch_bytes, minimum=1)
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
     if progress is not None and not callable(progress):
         raise TypeError("progress must be callable (it is called with the pairs written so far)")
+    timeout = args.timeout(timeout)
     if timeout is None:
         timeout = pool.timeout
-    elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
     try:
         it = iter(pairs)
     except TypeError:
@@ -315,13 +306,8 @@ def load(client_or_pool: ClientOrPool, pairs: Iterable[Pair], *, db_name: Option
     if pool.is_closed:
         raise errors.PoolClosed(f"pool for {pool.endpoint} is closed")
     started = time.monotonic()
-    private = ElevatorPool(pool.endpoint, max_size=workers, timeout=timeout,
-                           checkout_timeout=timeout,
-                           health_check_interval=pool.health_check_interval,
-                           retry=pool.retry if retry is None else retry,
-                           heartbeat_interval=pool.heartbeat_interval,
-                           connect_timeout=pool.connect_timeout,
-                           context=pool._live_context(), security=pool._security)
+    private = pool.derive(max_size=workers, timeout=timeout, checkout_timeout=timeout,
+                          retry=pool.retry if retry is None else retry)
     try:
         try:
             client = Elevator(name, pool=private)
@@ -432,7 +418,7 @@ def dump(client_or_pool: ClientOrPool, start: Optional[Key] = None, stop: Option
     :raises TypeError, ValueError: bad arguments, when the iterator is created.
     :raises ElevatorError: a page failed (transport failure past its retries...).
     """
-    _check_int("page_size", page_size, 1)
+    args.integer("page_size", page_size, minimum=1)
     if isinstance(client_or_pool, Elevator):
         if db_name is not None and db_name != client_or_pool.db_name:
             client = Elevator(db_name, pool=client_or_pool.pool,

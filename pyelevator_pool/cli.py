@@ -34,10 +34,12 @@ import re
 import sys
 import tempfile
 import time
-from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List, NoReturn, Optional, Tuple,
+from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple,
                     TypedDict)
 
 from . import errors
+from .args import integer, number
+from .argparsing import Parser, arg_type
 from .bulk import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, BulkLoadError, dump, load
 from .client import Elevator
 from .security import CurveKeys
@@ -179,9 +181,7 @@ def read_pairs(stream: IO[bytes], fmt: str, source: str = "-",
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if isinstance(max_line_size, bool) or not isinstance(max_line_size, int) \
-            or max_line_size < 1:
-        raise ValueError(f"max_line_size must be an int >= 1, not {max_line_size!r}")
+    integer("max_line_size", max_line_size, minimum=1)
     lines = _Lines(stream, max_line_size)
     if fmt == "jsonl":
         records = _read_jsonl(lines, source)
@@ -677,57 +677,38 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------ parser
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}: {text!r}")
-        return value
-    return parse
+def _int_at_least(name: str, minimum: int) -> Callable[[str], int]:
+    return arg_type(name, integer, minimum=minimum)
 
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _SIZE = re.compile(r"(\d+)\s*([KMG]?)(?:I?B)?", re.IGNORECASE)
 
 
-def _size(text: str) -> int:
-    """A byte count >= 1: ``1000``, ``64K``, ``16M``, ``1GiB`` (binary units)."""
+def _parse_size(text: str) -> int:
+    """A byte count: ``1000``, ``64K``, ``16M``, ``1GiB`` (binary units)."""
     match = _SIZE.fullmatch(text.strip().replace("_", ""))
     if match is None:
-        raise argparse.ArgumentTypeError(f"not a size in bytes (1000, 64K, 16M, 1G): {text!r}")
-    value = int(match.group(1)) * _UNITS[match.group(2).upper()]
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 byte: {text!r}")
-    return value
+        raise ValueError(text)
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def _size(name: str) -> Callable[[str], int]:
+    """A byte count >= 1, in the units of :func:`_parse_size`."""
+    return arg_type(name, integer, convert=_parse_size,
+                    expected="a size in bytes (1000, 64K, 16M, 1G)", minimum=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
     # The connection options are accepted before or after the command.
-    common = _Parser(add_help=False)  # add_parser wants parents of the subparsers' class
+    common = Parser(add_help=False)  # add_parser wants parents of the subparsers' class
     common.add_argument("--endpoint", default=argparse.SUPPRESS,
                         help="HOST:PORT or a ZeroMQ URL (default: $ELEVATOR_ENDPOINT or "
                              f"{DEFAULT_ENDPOINT})")
     common.add_argument("--db", default=argparse.SUPPRESS,
                         help="database (default: default)")
-    common.add_argument("--timeout", type=_positive_float, default=argparse.SUPPRESS,
+    common.add_argument("--timeout", default=argparse.SUPPRESS,
+                        type=arg_type("timeout", number, convert=float, expected="a number"),
                         help="seconds per request, retries included (default: 10)")
     common.add_argument("--curve-server-key", default=argparse.SUPPRESS, metavar="FILE",
                         help="the server's public key file (NAME.key from 'elevator-server "
@@ -736,13 +717,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--curve-client-key", default=argparse.SUPPRESS, metavar="FILE",
                         help="this client's secret key file (NAME.key_secret) "
                              "(default: $ELEVATOR_CURVE_CLIENT_KEY)")
-    p = _Parser(prog=PROG, parents=[common], description="Command-line client of an Elevator "
+    p = Parser(prog=PROG, parents=[common], description="Command-line client of an Elevator "
                 "key-value server.", epilog="Run 'elevator COMMAND --help' for a command's options.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, parents=[common], help=help, description=help)
+        sp = sub.add_parser(name, parents=[common], help=help, description=help,
+                            error_prog=PROG)
         sp.set_defaults(func=func)
         return sp
 
@@ -765,7 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("range", cmd_range, "print the pairs of a key range, in key order")
     range_options(sp)
-    sp.add_argument("--limit", type=_int_at_least(0), help="at most N pairs")
+    sp.add_argument("--limit", type=_int_at_least("limit", 0), help="at most N pairs")
     sp.add_argument("--format", choices=FORMATS, default="tsv", help="(default: tsv)")
     add("listdb", cmd_listdb, "list the databases")
     sp = add("createdb", cmd_createdb, "create a database")
@@ -780,17 +762,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="jsonl, csv or tsv (default: from the extension; jsonl for stdin)")
     sp.add_argument("--skip-bad", action="store_true",
                     help="report bad lines on stderr and go on (default: stop at the first)")
-    sp.add_argument("--skip", type=_int_at_least(0), default=0, metavar="N",
+    sp.add_argument("--skip", type=_int_at_least("skip", 0), default=0, metavar="N",
                     help="pass over the first N pairs (resume an interrupted load)")
-    sp.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_BATCH_SIZE,
+    sp.add_argument("--batch-size", type=_int_at_least("batch_size", 1),
+                    default=DEFAULT_BATCH_SIZE,
                     help="pairs per atomic batch (default: %(default)s)")
-    sp.add_argument("--workers", type=_int_at_least(1), default=DEFAULT_WORKERS,
+    sp.add_argument("--workers", type=_int_at_least("workers", 1), default=DEFAULT_WORKERS,
                     help="batches in flight (default: %(default)s)")
-    sp.add_argument("--max-line-size", type=_size, default=DEFAULT_MAX_LINE_SIZE,
-                    metavar="BYTES",
+    sp.add_argument("--max-line-size", type=_size("max_line_size"),
+                    default=DEFAULT_MAX_LINE_SIZE, metavar="BYTES",
                     help="longest input line (or CSV/TSV record), 16M, 1G...: a longer one is "
                          "a bad line, never read whole (default: 16 MiB)")
-    sp.add_argument("--batch-bytes", type=_size, default=DEFAULT_BATCH_BYTES, metavar="BYTES",
+    sp.add_argument("--batch-bytes", type=_size("batch_bytes"), default=DEFAULT_BATCH_BYTES,
+                    metavar="BYTES",
                     help="also end a batch at this many bytes of keys and values, to stay "
                          "under the server's max_message_size (default: 8 MiB)")
     sp = add("dump", cmd_dump, "write the pairs of a key range, in key order")
@@ -799,11 +783,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output file, written whole or not at all (default: stdout)")
     sp.add_argument("--format", choices=FORMATS,
                     help="jsonl, csv or tsv (default: from the extension; jsonl for stdout)")
-    sp.add_argument("--page-size", type=_int_at_least(1), default=10_000,
+    sp.add_argument("--page-size", type=_int_at_least("page_size", 1), default=10_000,
                     help="pairs per read (default: %(default)s)")
     sp = add("stats", cmd_stats, "server round trip and the database's size (scans it)")
     sp.add_argument("--json", action="store_true", help="one JSON object")
-    sp.add_argument("--page-size", type=_int_at_least(1), default=10_000, help=argparse.SUPPRESS)
+    sp.add_argument("--page-size", type=_int_at_least("page_size", 1), default=10_000,
+                    help=argparse.SUPPRESS)
     return p
 
 

@@ -5,9 +5,11 @@ import argparse
 import logging
 import os
 import sys
-from typing import List, NoReturn, Optional
+from typing import Callable, List, Optional
 
 from .. import protocol
+from ..args import integer, number
+from ..argparsing import Parser, arg_type
 from .handlers import DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE, MIN_LIMIT
 
 __all__ = ["main", "build_parser"]
@@ -15,57 +17,29 @@ __all__ = ["main", "build_parser"]
 DEFAULT_DATA_DIR = "./elevator-data"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line, no usage dump: easy to read in a supervisor's log.
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+def _count(text: str) -> int:
+    """An integer, its digits optionally grouped: ``1_000_000``, ``1,000,000``."""
+    return int(text.replace("_", "").replace(",", ""))
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
+_port = arg_type("port", integer, maximum=65535)
+#: clients check only frames above this floor against LIMITS: a lower limit would let
+#: smaller frames through to be dropped by libzmq, unanswered
+_message_size = arg_type("max_message_size", integer, convert=_count,
+                         minimum=protocol.MIN_MAX_MESSAGE_SIZE)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
+def _limit(name: str) -> Callable[[str], int]:
+    return arg_type(name, integer, convert=_count, minimum=MIN_LIMIT)
 
 
-def _limit(text: str) -> int:
-    value = _positive_int(text.replace("_", "").replace(",", ""))
-    if value < MIN_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be >= {MIN_LIMIT}: {text!r}")
-    return value
-
-
-def _message_size(text: str) -> int:
-    # Clients check only frames above this floor against LIMITS: a lower limit would let
-    # smaller frames through to be dropped by libzmq, unanswered.
-    value = _positive_int(text.replace("_", "").replace(",", ""))
-    if value < protocol.MIN_MAX_MESSAGE_SIZE:
-        raise argparse.ArgumentTypeError(f"must be >= {protocol.MIN_MAX_MESSAGE_SIZE}: {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
-    return value
+def _seconds(name: str) -> Callable[[str], float]:
+    """A finite number of seconds >= 0."""
+    return arg_type(name, number, convert=float, expected="a number of seconds", inclusive=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="elevator-server",
+    p = Parser(prog="elevator-server",
                 description="Elevator-compatible key-value server: LevelDB behind a ZeroMQ "
                             "ROUTER socket (msgpack protocol).",
                 epilog="'elevator-server keygen DIR [--name NAME]' writes a CURVE key pair "
@@ -89,13 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
                    default=protocol.DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES",
                    help="largest request accepted, at least "
                         f"{protocol.MIN_MAX_MESSAGE_SIZE} (default: %(default)s)")
-    p.add_argument("--max-keys", type=_limit, default=DEFAULT_MAX_KEYS, metavar="N",
+    p.add_argument("--max-keys", type=_limit("max_keys"), default=DEFAULT_MAX_KEYS,
+                   metavar="N",
                    help="most keys of one MGET and operations of one BATCH "
                         "(default: %(default)s)")
-    p.add_argument("--max-items", type=_limit, default=DEFAULT_MAX_ITEMS, metavar="N",
+    p.add_argument("--max-items", type=_limit("max_items"), default=DEFAULT_MAX_ITEMS,
+                   metavar="N",
                    help="most items of one RANGE/SLICE reply (default: %(default)s)")
-    p.add_argument("--max-reply-size", type=_limit, default=DEFAULT_MAX_REPLY_SIZE,
-                   metavar="BYTES",
+    p.add_argument("--max-reply-size", type=_limit("max_reply_size"),
+                   default=DEFAULT_MAX_REPLY_SIZE, metavar="BYTES",
                    help="most bytes of keys and values in one RANGE/SLICE/MGET reply "
                         "(default: %(default)s)")
     p.add_argument("--curve-secret-key", metavar="FILE",
@@ -108,13 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "server's public key (encryption only)")
     p.add_argument("--sync", action="store_true",
                    help="fsync every write (survives power loss, not only a crash of the server)")
-    p.add_argument("--workers", type=_positive_int, default=2, metavar="N",
+    p.add_argument("--workers", type=arg_type("workers", integer), default=2, metavar="N",
                    help="threads for heavy requests (RANGE, big MGET/BATCH/SLICE, admin); "
                         "0 answers everything on the main loop (default: %(default)s)")
-    p.add_argument("--unmount-after", type=_seconds, default=600.0, metavar="SECONDS",
+    p.add_argument("--unmount-after", type=_seconds("unmount_after"), default=600.0,
+                   metavar="SECONDS",
                    help="close databases idle this long (default always stays mounted); "
                         "0 never (default: %(default)s)")
-    p.add_argument("--heartbeat-interval", type=_seconds, default=5.0, metavar="SECONDS",
+    p.add_argument("--heartbeat-interval", type=_seconds("heartbeat_interval"), default=5.0,
+                   metavar="SECONDS",
                    help="ZMTP heartbeat to every client this often; a client silent for 3 "
                         "intervals is dropped and its file descriptor freed; 0 off "
                         "(default: %(default)s)")
@@ -141,7 +119,7 @@ def _check_data_dir(path: str) -> Optional[str]:
 
 
 def build_keygen_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="elevator-server keygen",
+    p = Parser(prog="elevator-server keygen",
                 description="Write a CURVE key pair as DIR/NAME.key (the public key: give it "
                             "to the other side) and DIR/NAME.key_secret (keep it secret; "
                             "mode 0600). Never overwrites a key.")
