@@ -1,5 +1,5 @@
 """The command line: ``python -m benchmarks [--quick] [--endpoint URL] [--threads 1,4,16,64]
-[--out DIR]``."""
+[--out DIR] [--write-readme [PATH]]``."""
 from __future__ import annotations
 
 import argparse
@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where results.json and results.png go (default: ./bench-results)")
     p.add_argument("--no-redis", action="store_true", help="skip the redis anchor")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--rst", action="store_true",
-                   help="also print the tables as reStructuredText (for the README)")
+    p.add_argument("--write-readme", nargs="?", const="", default=None, metavar="PATH",
+                   help="write the figures into the generated section of PATH (default: "
+                        "benchmarks/README.rst), and results.json/.png into results/ beside it")
     # A tiny run for the test suite; not a benchmark.
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -67,16 +68,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     result = run_suite(options, log=lambda s: print(s, file=sys.stderr, flush=True))
     targets = report.evaluate_targets(result["records"])
     result["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    result["meta"]["command"] = " ".join(["python -m benchmarks", *(
+        sys.argv[1:] if argv is None else argv)])
     json_path = os.path.join(args.out, "results.json")
     png_path = os.path.join(args.out, "results.png")
     report.write_json(json_path, result, targets)
     report.write_png(png_path, result)
     print(report.format_table(result, targets))
-    if args.rst:
-        print()
-        print(report.format_rst(result, targets))
     print(f"\n{len(result['records'])} records in {json_path}; chart in {png_path} "
           f"({result['meta']['elapsed_s']} s)")
+    if args.write_readme is not None:
+        readme = args.write_readme or report.README
+        figures = os.path.join(os.path.dirname(os.path.abspath(readme)), "results")
+        os.makedirs(figures, exist_ok=True)
+        report.write_json(os.path.join(figures, "results.json"), result, targets)
+        report.write_png(os.path.join(figures, "results.png"), result)
+        report.write_readme(readme, result, targets, image="results/results.png")
+        print(f"figures written into {readme} (and {figures}/)")
     return 0
 
 

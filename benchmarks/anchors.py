@@ -40,9 +40,8 @@ def free_port() -> int:
 
 # ------------------------------------------------------------------ raw echo
 
-#: The echo process: ROUTER in, the same frames out; prints its port, and exits when its
-#: stdin closes (the parent died or called stop()). Run with ``python -c`` so that it
-#: imports nothing of the caller's (no multiprocessing re-import of a __main__ script).
+#: ROUTER in, the same frames out; exits when its stdin closes. ``python -c``, not
+#: multiprocessing, so that it never re-imports the caller's __main__.
 _ECHO_CODE = r"""
 import sys, zmq
 ctx = zmq.Context()

@@ -25,7 +25,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +38,8 @@ import zmq
 import pyelevator_pool
 from pyelevator_pool import protocol
 from pyelevator_pool.testing import ServerProcess
+
+from .timing import code_version, percentile
 
 __all__ = ["SCENARIOS", "run_scenario", "main", "percentile"]
 
@@ -356,15 +357,6 @@ class _RssWatch(threading.Thread):
                 return
 
 
-def percentile(values: List[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of ``values``; nan when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
-    return ordered[rank - 1]
-
-
 def run_scenario(name: str, duration: float = 8.0, *, rss_cap_mib: float = RSS_CAP_MIB,
                  data_dir: Optional[str] = None, unread: int = UNREAD_RANGES) -> Dict[str, Any]:
     """Run one scenario on a server of its own; its figures (latencies in ms, RSS in MiB).
@@ -430,16 +422,9 @@ def run_scenario(name: str, duration: float = 8.0, *, rss_cap_mib: float = RSS_C
 
 
 def measured_code() -> str:
-    """Where the measured package comes from: its directory and git commit (+dirty)."""
+    """Where the measured package comes from: its checkout and git commit."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(pyelevator_pool.__file__)))
-    try:
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "pyelevator_pool"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "?", ""
-    return f"{root} at {commit or '?'}{' + uncommitted changes' if dirty else ''}"
+    return f"{root} at {code_version(root)}"
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:

@@ -1,16 +1,24 @@
-"""Targets, the printed table, ``results.json`` and ``results.png``."""
+"""Targets, the printed table, ``results.json``, ``results.png`` and the figures section of
+``benchmarks/README.rst`` (``python -m benchmarks --write-readme``)."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import textwrap
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from .suite import IMPLEMENTATIONS, Record
+from .suite import IMPLEMENTATIONS, Record, ratio
+from .timing import median
 
 __all__ = ["Target", "TARGETS", "evaluate_targets", "format_table", "write_json", "write_png",
-           "format_rst"]
+           "format_readme", "write_readme", "README", "BEGIN", "END"]
+
+#: the benchmarks' README: its static text around the figures written by write_readme
+README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.rst")
+BEGIN = ".. BEGIN FIGURES"
+END = ".. END FIGURES"
 
 
 @dataclass
@@ -108,24 +116,39 @@ def _fmt_rate(x: float) -> str:
     return f"{x:.0f} /s"
 
 
+def _fmt_ratio(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _fmt_spread(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x * 100:.0f}%"
+
+
 def table_rows(records: Sequence[Record]) -> List[List[str]]:
+    redis = {r.workload: r for r in records if r.implementation == "redis"}
     rows = []
     for r in records:
         extra = f"p99 {_fmt_time(r.p99_s)}" if r.p99_s is not None else ""
         if r.client_cpu_s is not None:
-            cpu = f"cpu/op {r.client_cpu_s * 1e6:.0f}"
+            per = "pair" if r.workload == "bulk load" else "op"
+            cpu = f"cpu/{per} {r.client_cpu_s * 1e6:.{2 if per == 'pair' else 0}f}"
             if r.server_cpu_s is not None:
-                cpu += f"+{r.server_cpu_s * 1e6:.0f}"
+                cpu += f"+{r.server_cpu_s * 1e6:.{2 if per == 'pair' else 0}f}"
             extra = f"{extra}, {cpu} us" if extra else cpu + " us"
+        vs_redis = ratio(r, redis[r.workload]) if r.workload in redis else None
         rows.append([r.workload, r.implementation, _fmt_time(r.median_s), _fmt_time(r.min_s),
-                     _fmt_time(r.max_s), _fmt_rate(r.items_per_s),
-                     "-" if r.ratio is None else f"{r.ratio:.2f}", extra])
+                     _fmt_time(r.max_s), _fmt_spread(r.spread), _fmt_rate(r.items_per_s),
+                     _fmt_ratio(r.ratio), _fmt_ratio(vs_redis), extra or "-"])
     return rows
 
 
+def _widths(header: List[str], rows: List[List[str]]) -> List[int]:
+    return [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+            for i, h in enumerate(header)]
+
+
 def _grid(header: List[str], rows: List[List[str]], group: bool = True) -> str:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
+    widths = _widths(header, rows)
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
     out = [line, "  ".join("-" * w for w in widths)]
     prev = None
@@ -137,13 +160,14 @@ def _grid(header: List[str], rows: List[List[str]], group: bool = True) -> str:
     return "\n".join(out)
 
 
-RESULT_HEADER = ["workload", "implementation", "median", "min", "max", "items/s",
-                 "x plyvel", "latency"]
+RESULT_HEADER = ["workload", "implementation", "median", "min", "max", "spread", "items/s",
+                 "x plyvel", "x redis", "latency, CPU"]
 TARGET_HEADER = ["target", "goal", "measured", "result"]
 
 
-def _verdict(t: Dict[str, Any]) -> str:
-    return {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+def target_rows(targets: List[Dict[str, Any]]) -> List[List[str]]:
+    verdict = {True: "met", False: "MISSED", None: "not measured"}
+    return [[t["target"], t["goal"], t["display"], verdict[t["met"]]] for t in targets]
 
 
 def format_table(result: Dict[str, Any], targets: List[Dict[str, Any]]) -> str:
@@ -155,38 +179,129 @@ def format_table(result: Dict[str, Any], targets: List[Dict[str, Any]]) -> str:
             used.append(r.implementation)
     legend = "\n".join(f"  {name:<11} {IMPLEMENTATIONS[name].label}" for name in used)
     notes = "".join(f"\nnote: {n}" for n in result.get("notes", []))
-    trows = [[t["target"], t["goal"], t["display"], _verdict(t)] for t in targets]
     meta = result["meta"]
-    return (f"{meta['date']} | {meta['machine']} | Python {meta['python']}\n"
+    return (f"{meta['date']} | {meta['machine']} | {meta['python']} | {meta['commit']}\n"
             f"{meta['server']}\n\n"
             + _grid(RESULT_HEADER, table_rows(records))
             + "\n\nimplementations:\n" + legend
-            + "\n(x plyvel: time per item / in-process plyvel's, same run; lower is better."
-            "\n cpu/op C+S: CPU microseconds per operation in this process (all threads) + in"
-            "\n the server process; plyvel's is all in-process)"
-            + notes + "\n\ntargets:\n" + _grid(TARGET_HEADER, trows, group=False))
+            + "\n" + textwrap.fill(COLUMNS, 88)
+            + notes + "\n\ntargets:\n" + _grid(TARGET_HEADER, target_rows(targets), group=False))
+
+
+COLUMNS = ("median: seconds per run of a bulk workload, per operation for the others; "
+           "spread: (max - min) / median across the repeats, how noisy the machine was; "
+           "x plyvel, x redis: time per item / that anchor's, same workload, same run (lower "
+           "is better; thread runs: the anchor's Gets/s / ours); cpu/op C+S: CPU "
+           "microseconds per operation (per pair for the bulk load) in the client process, "
+           "all its threads, + in the server process.")
 
 
 def _rst_table(header: List[str], rows: List[List[str]]) -> str:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
+    widths = _widths(header, rows)
     sep = "  ".join("=" * w for w in widths)
     lines = [sep, "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), sep]
     for row in rows:
-        lines.append("  ".join((c or "..").ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     lines.append(sep)
     return "\n".join(lines)
 
 
-def format_rst(result: Dict[str, Any], targets: List[Dict[str, Any]]) -> str:
-    """The results and targets as reStructuredText simple tables (for the README)."""
+def noise(records: Sequence[Record]) -> str:
+    """One sentence: the median and the largest spread across repeats in this run."""
+    spreads = [(r.spread, r) for r in records if r.spread is not None]
+    if not spreads:
+        return "No workload was repeated, so this run says nothing about noise."
+    worst, rec = max(spreads, key=lambda x: x[0])
+    typical = median([x for x, _ in spreads])
+    return (f"Spread across repeats, (max - min) / median: median {_fmt_spread(typical)} "
+            f"over {len(spreads)} records, largest {_fmt_spread(worst)} ({rec.workload}, "
+            f"{rec.implementation}). A ratio between two records moves by about their spreads "
+            "from one run to the next; the thread runs are one timed run each (no spread).")
+
+
+def format_readme(result: Dict[str, Any], targets: List[Dict[str, Any]],
+                  image: Optional[str] = None) -> str:
+    """The figures section of benchmarks/README.rst, between the BEGIN and END comments:
+    when, where and on what code it ran, the targets, every record, the noise."""
     meta = result["meta"]
-    rows = table_rows(result["records"])
-    # Blank "latency" cells would end an RST simple table's row: '..' is an empty comment.
-    return (f"Full run of {meta['date']} on {meta['machine']}, Python {meta['python']}.\n\n"
-            + _rst_table(RESULT_HEADER, rows) + "\n\n"
-            + _rst_table(TARGET_HEADER, [[t["target"], t["goal"], t["display"], _verdict(t)]
-                                         for t in targets]) + "\n")
+    opts = meta["options"]
+    libs = (f"pyzmq {meta['pyzmq']} (libzmq {meta['libzmq']}), msgpack {meta['msgpack']}, "
+            f"plyvel {meta['plyvel']}" + (f", redis-py {meta['redis-py']}"
+                                          if "redis-py" in meta else ""))
+    fields = [
+        ("date", meta["date"]),
+        ("command", f"``{meta.get('command', 'python -m benchmarks')}``"),
+        ("commit", meta["commit"]),
+        ("machine", f"{meta['cpus']} CPUs, {meta['cpu_model']}"),
+        ("os", meta["os"]),
+        ("python", meta["python"]),
+        ("libraries", libs),
+        ("server", meta["server"]),
+        ("preset", f"{opts['preset']}: {opts['size']:,} keys, {opts['repeat']} repeats, "
+                   f"{opts['latency_samples']:,} Get samples, {opts['thread_seconds']:g} s per "
+                   f"thread run" + (f", {meta['elapsed_s']:g} s in all"
+                                    if "elapsed_s" in meta else "")),
+    ]
+    parts = [
+        f"{BEGIN}: written by python -m benchmarks --write-readme; edits here are lost.",
+        "",
+        "Figures",
+        "=======",
+        "",
+        "Generated by the run below; the sections above and below are written by hand.",
+        "",
+        *(f":{name}: {value}" for name, value in fields),
+        "",
+        "Targets",
+        "-------",
+        "",
+        _rst_table(TARGET_HEADER, target_rows(targets)),
+        "",
+        "Results",
+        "-------",
+        "",
+        textwrap.fill(COLUMNS, 88),
+        "",
+        _rst_table(RESULT_HEADER, table_rows(result["records"])),
+        "",
+        "Noise",
+        "-----",
+        "",
+        noise(result["records"]),
+        "",
+    ]
+    notes = result.get("notes", [])
+    if notes:
+        parts += [*(f"* note: {n}" for n in notes), ""]
+    if image:
+        parts += [f".. image:: {image}",
+                  "   :alt: Left: each workload's time per item relative to in-process plyvel,",
+                  "         log scale. Right: random Gets per second against the number of",
+                  "         threads sharing one client.", ""]
+    parts.append(f"{END}")
+    return "\n".join(parts) + "\n"
+
+
+def write_readme(path: str, result: Dict[str, Any], targets: List[Dict[str, Any]],
+                 image: Optional[str] = None) -> None:
+    """Put :func:`format_readme` between the BEGIN and END comments of ``path`` (the rest of
+    the file is kept); a file without them gets the figures appended, a new file a title."""
+    block = format_readme(result, targets, image)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = "==========\nBenchmarks\n==========\n\n"
+    start, stop = text.find(BEGIN), text.find(END)
+    if start >= 0 and stop > start:
+        after = text.find("\n", stop)
+        text = text[:start] + block + (text[after + 1:] if after >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def write_json(path: str, result: Dict[str, Any], targets: List[Dict[str, Any]]) -> None:

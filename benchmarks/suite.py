@@ -11,17 +11,18 @@ Implementations (the ``implementation`` field of a record):
 ``redis``       redis-py (hiredis parser) on a real redis-server, when one is installed
 ``zmq-echo``    a raw ZeroMQ DEALER->ROUTER echo: the network floor of one Get
 
-Timing: ``time.perf_counter``; each bulk workload runs ``repeat`` times and a
-record keeps the median, min and max. Every request has a timeout; every thread
-run is bounded by time and by count.
+Timing (benchmarks/timing.py): each bulk workload runs ``repeat`` times, the
+implementations interleaved; a record keeps the median, min, max and spread. Every
+request has a timeout; every thread run is bounded by time and by count.
 """
 from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import os
 import random
-import statistics
+import shutil
 import tempfile
 import threading
 import time
@@ -30,14 +31,20 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["Options", "Record", "Implementation", "IMPLEMENTATIONS", "run_suite", "make_data"]
+from .timing import (CpuMeter, code_version, interleaved, machine, machine_line, median,
+                     percentile, rotated, spread, timed)
+
+__all__ = ["Options", "Record", "Implementation", "IMPLEMENTATIONS", "run_suite", "make_data",
+           "ratio"]
 
 BENCH_DB = "benchmarks"                    # loaded once; every read workload reads it
-#: The timed WriteBatch runs write to databases of their own, one per implementation:
-#: LevelDB's write cost depends on how much was written before (compactions), so each
-#: store gets the same volume, and the read workloads read stores written once.
+#: Timed writes go to stores of their own: reads of a store written over and over are
+#: paced by its compactions (commit ecec1d3: plyvel's Range 54 ms against 18 ms).
 BATCH_DB = "benchmarks-batch"
 ORIGINAL_BATCH_DB = "benchmarks-batch-original"
+BULK_DB = "benchmarks-bulk"   # "bulk load" runs: a fresh database each, named BULK_DB-pid-n
+REDIS_BULK_INDEX = 1          # redis database of the "bulk load" runs (flushed before each)
+REDIS_PIPELINE = 8            # MSETs per redis pipeline in "bulk load"
 REDIS_INDEX = "bench:index"   # sorted set of every key (score 0): ordered ranges in redis
 PAGE = 10_000                 # RangeIter page size (pyelevator's default, and redis's pages)
 REQUEST_TIMEOUT = 30.0        # seconds, for every request of every client
@@ -120,6 +127,9 @@ class Record:
     #: threads included) and by the server process, where measured: what bounds a rate.
     client_cpu_s: Optional[float] = None
     server_cpu_s: Optional[float] = None
+    #: (max - min) / median across the repeats (for Get latency: across the blocks'
+    #: medians); None for a single run: how noisy the machine was.
+    spread: Optional[float] = None
     note: str = ""
 
     def as_dict(self) -> Dict[str, Any]:
@@ -163,90 +173,38 @@ def make_data(size: int, seed: int) -> List[Tuple[bytes, bytes]]:
 
 # --------------------------------------------------------------- measuring
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def process_cpu(pid: Optional[int]) -> Optional[float]:
-    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc), or None."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-class _CpuMeter:
-    """CPU used by this process and by a server process between start() and stop()."""
-
-    def __init__(self, server_pid: Optional[int]) -> None:
-        self.server_pid = server_pid
-
-    def start(self) -> None:
-        self._client = time.process_time()
-        self._server = process_cpu(self.server_pid)
-
-    def per_op(self, ops: int) -> Tuple[Optional[float], Optional[float]]:
-        client = (time.process_time() - self._client) / ops if ops else None
-        now = process_cpu(self.server_pid)
-        server = (now - self._server) / ops if ops and now is not None \
-            and self._server is not None else None
-        return client, server
-
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    idx = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
-    return sorted_values[idx]
-
-
 def bulk_records(workload: str, fns: Dict[str, Callable[[], Any]], items: int, repeat: int,
                  check: Optional[Callable[[Any], None]] = None,
                  notes: Optional[Dict[str, str]] = None,
-                 on_step: Optional[Callable[[str], None]] = None) -> List[Record]:
-    """Run each of ``fns`` ``repeat`` times (after one untimed warm-up, whose result
-    ``check`` verifies) and keep median, min and max. Interleaved, in a rotating order:
-    repetition r of every implementation runs before repetition r+1 of any, so that a
-    burst of load from elsewhere on a shared machine falls on all of them rather than on
-    one, and none always runs right after the same other one."""
+                 on_step: Optional[Callable[[str], None]] = None,
+                 self_timed: bool = False) -> List[Record]:
+    """Run each of ``fns`` once untimed (a warm-up, whose result ``check`` verifies), then
+    ``repeat`` times interleaved (:func:`timing.interleaved`); median, min, max, spread.
+    ``self_timed``: each fn returns the seconds it measured itself (its setup untimed)."""
     notes = notes or {}
-    for impl, fn in fns.items():  # warm-up and check, untimed
+    for impl, fn in fns.items():
         if on_step is not None:
             on_step(f"{workload} {impl}")
         result = fn()
-        if check is not None:
+        if check is not None and not self_timed:
             check(result)
         del result
-    times: Dict[str, List[float]] = {impl: [] for impl in fns}
-    order = list(fns.items())
-    for r in range(repeat):
-        # Rotated each round: none always runs right after the same other one (caches).
-        for impl, fn in order[r % len(order):] + order[:r % len(order)]:
-            times[impl].append(_timed(fn))
+    runs = fns if self_timed else {impl: functools.partial(timed, fn) for impl, fn in fns.items()}
     out = []
-    for impl, ts in times.items():
-        med = statistics.median(ts)
+    for impl, ts in interleaved(runs, repeat).items():
+        med = median(ts)
         out.append(Record(workload, impl, IMPLEMENTATIONS[impl].label, items, med, min(ts),
                           max(ts), items / med if med > 0 else float("inf"), repeat,
-                          note=notes.get(impl, "")))
+                          spread=spread(ts), note=notes.get(impl, "")))
     return out
 
 
 def latency_records(workload: str, ops: Dict[str, Callable[[bytes], Any]], keys: Sequence[bytes],
                     samples: int, server_pids: Optional[Dict[str, Optional[int]]] = None,
                     notes: Optional[Dict[str, str]] = None, blocks: int = 10) -> List[Record]:
-    """Time ``samples`` single operations of each implementation, one by one: median,
-    p99, min, max per operation, and the CPU per operation of this process and of the
-    implementation's server. Interleaved in ``blocks`` so that load from elsewhere falls
-    on every implementation alike."""
+    """Time ``samples`` single operations of each implementation, one by one, in ``blocks``
+    interleaved like the bulk runs: median, p99, min, max per operation, the spread of
+    the blocks' medians, and the CPU per operation of this process and of the server."""
     server_pids = server_pids or {}
     notes = notes or {}
     for op in ops.values():
@@ -255,40 +213,41 @@ def latency_records(workload: str, ops: Dict[str, Callable[[bytes], Any]], keys:
     blocks = max(1, min(blocks, samples))
     per_block = [samples // blocks + (1 if b < samples % blocks else 0) for b in range(blocks)]
     lat: Dict[str, List[float]] = {impl: [] for impl in ops}
+    block_medians: Dict[str, List[float]] = {impl: [] for impl in ops}
     wall = dict.fromkeys(ops, 0.0)
     cpu_client = dict.fromkeys(ops, 0.0)
     cpu_server: Dict[str, Optional[float]] = dict.fromkeys(ops, 0.0)
     perf = time.perf_counter
     n = len(keys)
     done = 0
-    order = list(ops.items())
     for b, count in enumerate(per_block):
-        for impl, op in order[b % len(order):] + order[:b % len(order)]:
-            meter = _CpuMeter(server_pids.get(impl))
-            out = lat[impl]
+        for impl, op in rotated(list(ops.items()), b):
+            meter = CpuMeter(server_pids.get(impl))
+            block: List[float] = []
             meter.start()
             start = perf()
             for i in range(done, done + count):
                 key = keys[i % n]
                 t0 = perf()
                 op(key)
-                out.append(perf() - t0)
+                block.append(perf() - t0)
             wall[impl] += perf() - start
             c, srv = meter.per_op(1)
             cpu_client[impl] += c or 0.0
             prev = cpu_server[impl]
             cpu_server[impl] = None if srv is None or prev is None else prev + srv
+            lat[impl].extend(block)
+            block_medians[impl].append(median(block))
         done += count
     records = []
     for impl, values in lat.items():
-        values.sort()
         srv_total = cpu_server[impl]
         records.append(Record(
-            workload, impl, IMPLEMENTATIONS[impl].label, 1, statistics.median(values), values[0],
-            values[-1], samples / wall[impl], samples, p99_s=_percentile(values, 0.99),
+            workload, impl, IMPLEMENTATIONS[impl].label, 1, median(values), min(values),
+            max(values), samples / wall[impl], samples, p99_s=percentile(values, 99),
             client_cpu_s=cpu_client[impl] / samples,
             server_cpu_s=None if srv_total is None else srv_total / samples,
-            note=notes.get(impl, "")))
+            spread=spread(block_medians[impl]), note=notes.get(impl, "")))
     return records
 
 
@@ -298,7 +257,7 @@ def thread_record(workload: str, impl: str, op: Callable[[bytes], Any], keys: Se
     """``nthreads`` threads each doing ``op(random key)`` until ``seconds`` pass (or
     THREAD_MAX_OPS each); total operations over the wall time, and per-op latencies."""
     box: Dict[str, float] = {}
-    cpu = _CpuMeter(server_pid)
+    cpu = CpuMeter(server_pid)
 
     def go() -> None:  # run by one thread once every worker is warmed up and waiting
         cpu.start()
@@ -350,22 +309,21 @@ def thread_record(workload: str, impl: str, op: Callable[[bytes], Any], keys: Se
         raise RuntimeError(f"{workload} on {impl}: a thread failed: {errors[0]!r}") from errors[0]
     if any(t.is_alive() for t in threads):
         raise RuntimeError(f"{workload} on {impl}: threads still running after the deadline")
-    lat = sorted(x for r in results for x in r)
-    return Record(workload, impl, IMPLEMENTATIONS[impl].label, 1, statistics.median(lat), lat[0],
-                  lat[-1], total / elapsed, total, p99_s=_percentile(lat, 0.99), threads=nthreads,
+    lat = [x for r in results for x in r]
+    return Record(workload, impl, IMPLEMENTATIONS[impl].label, 1, median(lat), min(lat),
+                  max(lat), total / elapsed, total, p99_s=percentile(lat, 99), threads=nthreads,
                   client_cpu_s=client_cpu, server_cpu_s=server_cpu, note=note)
 
 
-def loop_record(workload: str, impl: str, body: Callable[[int], None], ops: int, repeat: int,
-                nthreads: int = 1, note: str = "") -> Record:
-    """Time ``body(n)`` (which does ``n`` operations) in ``nthreads`` threads at once;
-    seconds per operation of the whole run's wall time, ``repeat`` times."""
-    body(min(ops, 1000))  # warm-up
-    per_op = []
-    for _ in range(repeat):
+def loop_records(workload: str, bodies: Dict[str, Callable[[int], None]], ops: int, repeat: int,
+                 nthreads: int = 1, notes: Optional[Dict[str, str]] = None) -> List[Record]:
+    """Time each ``body(n)`` (which does ``n`` operations) in ``nthreads`` threads at once,
+    ``repeat`` times interleaved: seconds per operation of each run's wall time."""
+    notes = notes or {}
+
+    def run(body: Callable[[int], None]) -> float:
         if nthreads == 1:
-            per_op.append(_timed(lambda: body(ops)) / ops)
-            continue
+            return timed(lambda: body(ops)) / ops
         share = max(1, ops // nthreads)
         barrier = threading.Barrier(nthreads + 1, timeout=60)
         errors: List[BaseException] = []
@@ -386,11 +344,19 @@ def loop_record(workload: str, impl: str, body: Callable[[int], None], ops: int,
             t.join(120)
         elapsed = time.perf_counter() - start
         if errors:
-            raise RuntimeError(f"{workload} on {impl}: {errors[0]!r}") from errors[0]
-        per_op.append(elapsed / (share * nthreads))
-    med = statistics.median(per_op)
-    return Record(workload, impl, IMPLEMENTATIONS[impl].label, 1, med, min(per_op), max(per_op),
-                  1 / med, repeat, threads=nthreads, note=note)
+            raise RuntimeError(f"{workload}: {errors[0]!r}") from errors[0]
+        return elapsed / (share * nthreads)
+
+    for body in bodies.values():
+        body(min(ops, 1000))  # warm-up
+    out = []
+    for impl, per_op in interleaved({impl: functools.partial(run, body)
+                                     for impl, body in bodies.items()}, repeat).items():
+        med = median(per_op)
+        out.append(Record(workload, impl, IMPLEMENTATIONS[impl].label, 1, med, min(per_op),
+                          max(per_op), 1 / med, repeat, threads=nthreads, spread=spread(per_op),
+                          note=notes.get(impl, "")))
+    return out
 
 
 # ----------------------------------------------------------------- the run
@@ -505,7 +471,7 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
         echo_client = EchoClient(echo.endpoint, zctx, timeout=REQUEST_TIMEOUT)
         cleanups.append(echo_client.close)
 
-        rds = rpool = None
+        rds = rpool = rbulk = None
         if options.use_redis and RedisServer.available():
             import redis
             rserver = RedisServer().start()
@@ -516,6 +482,9 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
                                          max_connections=max(64, max_threads * 2))
             cleanups.append(rpool.disconnect)
             rds = redis.Redis(connection_pool=rpool)
+            rbulk = redis.Redis(host="127.0.0.1", port=rserver.port, db=REDIS_BULK_INDEX,
+                                socket_timeout=REQUEST_TIMEOUT)
+            cleanups.append(rbulk.close)
             if not redis.utils.HIREDIS_AVAILABLE:
                 notes.append("redis: hiredis is not installed, redis-py uses its Python parser")
         elif options.use_redis:
@@ -526,7 +495,7 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             log("note: " + note)
 
         impls = ["plyvel", "pyelevator", "original"] + (["redis"] if rds is not None else [])
-        steps = (5 * len(impls) + 1              # bulk workloads; WriteBatch per impl
+        steps = (6 * len(impls) + 1              # bulk workloads; the data's loading
                  + len(impls) + 1                # single Get (+ echo)
                  + len(options.threads) * len(impls)
                  + 2 * (2 if rds is not None else 1))
@@ -578,6 +547,85 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
                      "original": lambda: legacy_batch.batch(pairs), "redis": redis_batch}
         bulk("WriteBatch", batch_fns, n,
              notes={"redis": "MSET + ZADD of the key index, one pipeline"})
+
+        # ----- bulk load: bulk.load beside what each alternative would do, fresh stores
+        from pyelevator_pool.bulk import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, load
+
+        chunks = [pairs[i:i + DEFAULT_BATCH_SIZE] for i in range(0, n, DEFAULT_BATCH_SIZE)]
+        fresh = itertools.count()
+        load_cpu: List[Tuple[Optional[float], Optional[float]]] = []
+
+        def fresh_db() -> str:
+            name = f"{BULK_DB}-{os.getpid()}-{next(fresh)}"
+            ele.createdb(name)
+            return name
+
+        def plyvel_load() -> float:
+            path = os.path.join(tmp.name, f"plyvel-bulk-{next(fresh)}")
+            db = plyvel.DB(path, create_if_missing=True)
+            try:
+                def run() -> None:
+                    for chunk in chunks:
+                        with db.write_batch() as wb:
+                            for k, v in chunk:
+                                wb.put(k, v)
+                return timed(run)
+            finally:
+                db.close()
+                shutil.rmtree(path, ignore_errors=True)
+
+        def ours_load() -> float:
+            name = fresh_db()
+            try:
+                meter = CpuMeter(server_pid)
+                meter.start()
+                got: List[Any] = []
+                seconds = timed(lambda: got.append(load(ele, pairs, db_name=name)))
+                load_cpu.append(meter.per_op(n))
+                if got[0].pairs != n:
+                    raise RuntimeError(f"bulk.load wrote {got[0].pairs} of {n} pairs")
+                return seconds
+            finally:
+                ele.dropdb(name)
+
+        def original_load() -> float:
+            name = fresh_db()
+            client = LegacyClient(endpoint, name, timeout=REQUEST_TIMEOUT, context=zctx)
+            try:
+                return timed(lambda: [client.batch(chunk) for chunk in chunks])
+            finally:
+                client.close()
+                ele.dropdb(name)
+
+        def redis_load() -> float:
+            rbulk.flushdb()
+
+            def run() -> None:
+                pipe = rbulk.pipeline(transaction=False)
+                for i, chunk in enumerate(chunks, 1):
+                    pipe.mset(dict(chunk))
+                    if i % REDIS_PIPELINE == 0:
+                        pipe.execute()
+                pipe.execute()
+            seconds = timed(run)
+            if rbulk.dbsize() != n:
+                raise RuntimeError("redis did not get every pair")
+            return seconds
+
+        bulk("bulk load", {"plyvel": plyvel_load, "pyelevator": ours_load,
+                           "original": original_load, "redis": redis_load}, n, self_timed=True,
+             notes={"plyvel": f"write_batch of {DEFAULT_BATCH_SIZE:,} pairs at a time",
+                    "pyelevator": f"bulk.load: batches of {DEFAULT_BATCH_SIZE:,}, "
+                                  f"{DEFAULT_WORKERS} workers",
+                    "original": f"BATCHes of {DEFAULT_BATCH_SIZE:,}, one after the other",
+                    "redis": f"MSETs of {DEFAULT_BATCH_SIZE:,}, {REDIS_PIPELINE} a pipeline"})
+        ours = next(r for r in records if r.workload == "bulk load" and r.implementation
+                    == "pyelevator")
+        cpu = [c for c in load_cpu if c[0] is not None]
+        if cpu:
+            ours.client_cpu_s = median([c[0] for c in cpu])  # type: ignore[misc]
+            if all(c[1] is not None for c in cpu):
+                ours.server_cpu_s = median([c[1] for c in cpu])  # type: ignore[misc]
 
         # ----- MGet of random keys
         mget_fns = {"plyvel": lambda: plyvel_mget(ldb, mget_keys),
@@ -687,12 +735,12 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             checkout_fns["redis"] = redis_checkout
         for nthreads in (1, options.checkout_threads):
             workload = "checkout+checkin" + (f" x{nthreads} threads" if nthreads > 1 else "")
-            for impl, body in checkout_fns.items():
-                progress.step(f"{workload} {impl}")
-                note = ("ConnectionPool.get_connection() + release()" if impl == "redis"
-                        else "ElevatorPool.checkout() + checkin()")
-                add(loop_record(workload, impl, body, options.checkout_ops, rep,
-                                nthreads=nthreads, note=note))
+            progress.step(workload)
+            for rec in loop_records(
+                    workload, checkout_fns, options.checkout_ops, rep, nthreads=nthreads,
+                    notes={"redis": "ConnectionPool.get_connection() + release()",
+                           "pyelevator": "ElevatorPool.checkout() + checkin()"}):
+                add(rec)
         progress.close()
     finally:
         for fn in reversed(cleanups):
@@ -707,28 +755,34 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             "meta": _meta(options, where)}
 
 
+def ratio(rec: Record, base: Record) -> Optional[float]:
+    """``rec``'s time per item / ``base``'s, the same workload in the same run (thread
+    runs: ``base``'s rate / ``rec``'s); None when either has no rate."""
+    if not rec.items_per_s or not base.items_per_s:
+        return None
+    return base.items_per_s / rec.items_per_s if rec.threads else rec.median_s / base.median_s
+
+
 def _fill_ratios(records: List[Record]) -> None:
     """ratio = time per item / plyvel's time per item, same workload, same run."""
     base = {r.workload: r for r in records if r.implementation == "plyvel"}
     for r in records:
         b = base.get(r.workload)
-        if b is None or not r.items_per_s:
-            continue
-        r.ratio = b.items_per_s / r.items_per_s if r.threads else r.median_s / b.median_s
+        if b is not None:
+            r.ratio = ratio(r, b)
 
 
 def _meta(options: Options, where: str) -> Dict[str, Any]:
-    import platform
-
     import msgpack
     import plyvel
     import zmq
 
     from pyelevator_pool import __version__ as version
-    meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    meta: Dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": code_version(),
         "machine": machine_line(),
-        "python": platform.python_version(),
+        **machine(),
         "pyelevator_pool": version,
         "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
         "msgpack": ".".join(map(str, msgpack.version)),
@@ -743,18 +797,3 @@ def _meta(options: Options, where: str) -> Dict[str, Any]:
     except ImportError:  # pragma: no cover
         pass
     return meta
-
-
-def machine_line() -> str:
-    """``"<cpu model>, <n> CPUs, Linux <release>"``, from /proc/cpuinfo and uname."""
-    import platform
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
