@@ -1,19 +1,15 @@
 """Soak (slow, not in the default run: ``pytest -m slow tests/faults/test_soak.py -s``):
 1,000,000 mixed operations from 32 threads through one pool, one server SIGKILL+restart
 midway; fds, TCP connections and RSS of client and server must stay flat (tolerances in
-benchmarks/soak.py: check_flat). ``SOAK_OPS`` sets another size."""
+tests/faults/soak.py: check_flat, also runnable as ``python tests/faults/soak.py``).
+``SOAK_OPS`` sets another size."""
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-from paths import ROOT
-if str(ROOT) not in sys.path:  # benchmarks/ is a top-level package of the checkout, not installed
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.soak import check_flat, run  # noqa: E402
+from soak import check_flat, run  # tests/faults/soak.py, beside this file
 
 
 @pytest.mark.slow

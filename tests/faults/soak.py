@@ -2,7 +2,10 @@
 that nothing leaks: open file descriptors, TCP connections and RSS of the client and the
 server at start, middle and end.
 
-    python -m benchmarks.soak [--ops 1000000] [--threads 32] [--json PATH]
+    python tests/faults/soak.py [--ops 1000000] [--threads 32] [--json PATH]
+
+(``pytest -m slow tests/faults/test_soak.py -s`` runs it as a test; this module is the
+program and the test's helper.)
 
 "start" is taken once 2% of the operations are done (the pool is full and caches are
 warm), "middle" right before the restart at 50%, "restarted" once 60% are done (the new
@@ -145,7 +148,7 @@ def run(ops: int = 1_000_000, threads: int = 32, *, restart: bool = True, seed: 
     restart_time = None
     for fraction, name in plan:
         while sum(done) < total * fraction and any(t.is_alive() for t in workers):
-            time.sleep(0.05)  # progress polling of a benchmark, not a test's wait
+            time.sleep(0.05)  # polls progress; the workers' own pace sets the run's length
         snapshots[name] = snapshot(server, pool.max_size)
         log(f"{name:>9} at {sum(done):>8} ops: {snapshots[name]}")
         if name == "middle" and restart:
@@ -202,9 +205,12 @@ def check_flat(result: Dict[str, Any]) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ops", type=int, default=1_000_000, help="operations in all (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=32, help="threads sharing one pool (default: %(default)s)")
+    p = argparse.ArgumentParser(prog="python tests/faults/soak.py",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--ops", type=int, default=1_000_000,
+                   help="operations in all (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=32,
+                   help="threads sharing one pool (default: %(default)s)")
     p.add_argument("--no-restart", action="store_true", help="do not restart the server midway")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = p.parse_args(argv)
