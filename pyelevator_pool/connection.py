@@ -9,24 +9,23 @@ the socket is *tainted*, and the pool closes it with ``LINGER=0`` and opens anot
 """
 from __future__ import annotations
 
-import gc
 import itertools
 import os
-import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from . import errors, protocol
+from .gcpause import gc_paused
 from .protocol import Reply
 
-__all__ = ["Connection", "gc_paused", "normalize_endpoint"]
+# gc_paused (gcpause.py) is not this module's, though tests/integration/test_client_trust.py
+# still imports it from here
+__all__ = ["Connection", "normalize_endpoint"]
 
-#: replies larger than this are decoded with the garbage collector paused: unpacking
-#: 100k pairs measured 99 ms with GC on and 25 ms with it off.
+#: replies larger than this are decoded with the garbage collector paused (gcpause.py)
 GC_PAUSE_THRESHOLD = 256 * 1024
 #: how long the first poll for a reply waits before the slow path, which also watches
 #: the socket's monitor for a lost connection. Most replies arrive well within it.
@@ -41,44 +40,9 @@ _MONITOR_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HAND
 #: in a row; a refused key (AUTH) or a mechanism mismatch is final at once.
 _VAGUE_HANDSHAKE_FAILURES = 3
 
-_gc_lock = threading.Lock()
-_gc_pausers = 0
-_gc_was_enabled = False
 #: the most a socket waits between reconnect attempts; capped per connection to half its
 #: connect_timeout, so a request waiting for a connection sees at least one attempt
 RECONNECT_IVL_MAX_MS = 1000
-
-
-def _gc_after_fork_in_child() -> None:
-    """A forked child has none of the threads that paused the GC: undo their pause."""
-    global _gc_lock, _gc_pausers
-    _gc_lock = threading.Lock()  # it may have been held by a thread that is gone
-    if _gc_pausers:
-        _gc_pausers = 0
-        if _gc_was_enabled:
-            gc.enable()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_gc_after_fork_in_child)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while decoding a large reply; re-entrant across threads."""
-    global _gc_pausers, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pausers == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pausers += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pausers -= 1
-            if _gc_pausers == 0 and _gc_was_enabled:
-                gc.enable()
 
 
 def normalize_endpoint(endpoint: str, transport: str = "tcp") -> str:

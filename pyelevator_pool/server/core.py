@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import zmq
 
 from .. import protocol
+from ..gcpause import gc_paused
 from ..protocol import ErrorCode, ProtocolError, encode_error_reply
 from ..security import load_key_pair
 from .handlers import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE,
@@ -82,32 +83,6 @@ class Config:
         return f"tcp://{host}:{self.port or '*'}"
 
 
-class _GcPause:
-    """Pause the cyclic GC while a big request is decoded, run or encoded.
-
-    Building 100k-item lists (a BATCH's ops, a RANGE's pairs) triggers collection after
-    collection that find nothing: unpacking 100k pairs takes ~3x as long with the GC on.
-    The GC is process-wide and several threads may pause it at once: it comes back on when
-    the last of them is done.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._depth == 0:
-                gc.disable()
-            self._depth += 1
-
-    def __exit__(self, *exc: Any) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                gc.enable()
-
-
 def _write_atomically(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".ready-", dir=directory)
@@ -143,7 +118,6 @@ class Server:
         #: tasks handed to the workers and not yet answered, by task number
         self._running: Dict[int, Task] = {}
         self._task_ids = itertools.count()
-        self._gc_paused = _GcPause()
         self._rate_log = RateLimitedLog()
         self._outbox: Optional[Outbox] = None
         self._scheduler: Optional[Scheduler] = None
@@ -477,7 +451,7 @@ class Server:
                 continue
             try:
                 if big:
-                    with self._gc_paused:
+                    with gc_paused():
                         request = dispatcher.decode(frame)
                 else:
                     request = dispatcher.decode(frame)
@@ -506,7 +480,7 @@ class Server:
             if task is None:
                 return
             if not workers:
-                with self._gc_paused:
+                with gc_paused():
                     frames = self._execute(task)
                 scheduler.complete(task, frames)
                 continue
@@ -546,7 +520,7 @@ class Server:
                 if item is None:
                     break
                 tid, task = item
-                with self._gc_paused:
+                with gc_paused():
                     frames = self._execute(task)
                 out.send_multipart([tid.to_bytes(8, "little"), *frames], copy=False)
         finally:
