@@ -21,7 +21,7 @@ from .. import protocol
 from ..protocol import (
     BATCH_DELETE, BATCH_PUT, CompressionUnavailable, ErrorCode, ProtocolError,
     Status, decode_request, encode_error_reply, encode_reply)
-from .store import CommandError, Store
+from .store import CommandError, Store, unknown_uid
 
 __all__ = ["Dispatcher", "DEFAULT_MAX_KEYS", "DEFAULT_MAX_ITEMS", "DEFAULT_MAX_REPLY_SIZE",
            "MIN_LIMIT"]
@@ -49,14 +49,11 @@ _STREAMABLE = frozenset({protocol.RANGE, protocol.SLICE})
 
 def _over_limit(cmd: str, what: str, limit: int, name: str, advice: str,
                 value: Optional[int] = None) -> CommandError:
-    exc = CommandError(f"{cmd}: {what} exceeds the server's limit of {limit} ({name}); {advice}",
-                       ErrorCode.VALUE)
-    # The machine-readable form a client acts on (protocol.ERR_DETAIL); "(name)" stays in
-    # the text for clients that predate it.
-    exc.detail = {"limit": name, "maximum": limit}  # type: ignore[attr-defined]
+    detail: Dict[str, Any] = {"limit": name, "maximum": limit}
     if value is not None:
-        exc.detail["value"] = value  # type: ignore[attr-defined]
-    return exc
+        detail["value"] = value
+    return CommandError(f"{cmd}: {what} exceeds the server's limit of {limit} ({name}); {advice}",
+                        ErrorCode.VALUE, detail=detail)
 
 
 def _arity(cmd: str, args: list, low: int, high: Optional[int] = None) -> None:
@@ -301,10 +298,10 @@ class Dispatcher:
         admin = self._admin.get(cmd)
         if admin is None:
             if uid and not self.store.has_uid(uid):
-                raise CommandError(f"Database {uid} doesn't exist", ErrorCode.RUNTIME)
+                raise unknown_uid(uid)
             raise CommandError(f"Command {cmd} not handled", ErrorCode.KEY)
         if uid and not self.store.has_uid(uid):
-            raise CommandError(f"Database {uid} doesn't exist", ErrorCode.RUNTIME)
+            raise unknown_uid(uid)
         return _SUCCESS, admin(uid, args)
 
     # ----------------------------------------------------------- data commands

@@ -79,9 +79,17 @@ _EXISTED = (None, "empty", "leveldb")
 class CommandError(Exception):
     """A database operation refused; ``code`` is the protocol ErrorCode to answer with."""
 
-    def __init__(self, message: str, code: int = ErrorCode.DATABASE) -> None:
+    def __init__(self, message: str, code: int = ErrorCode.DATABASE, *,
+                 detail: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(message)
         self.code = code
+        self.detail = detail  # protocol.ERR_DETAIL: the facts a client acts on
+
+
+def unknown_uid(uid: str, name: Optional[str] = None) -> CommandError:
+    """The answer to a request naming a uid that is not (any more) a database's."""
+    return CommandError(f"Database {name or uid} doesn't exist", ErrorCode.RUNTIME,
+                        detail={"unknown_uid": uid})
 
 
 class _Db:
@@ -476,7 +484,7 @@ class Store:
         with self._lock:
             self._wait_usable(db)
             if self._by_uid.get(db.uid) is not db:  # dropped since the caller looked it up
-                raise CommandError(f"Database {db.name} doesn't exist", ErrorCode.RUNTIME)
+                raise unknown_uid(db.uid, db.name)
             if db.handle is not None:
                 if use:
                     db.users += 1
@@ -550,7 +558,7 @@ class Store:
     def _by_uid_or_fail(self, uid: str) -> _Db:
         db = self._by_uid.get(uid)
         if db is None:
-            raise CommandError(f"Database {uid} doesn't exist", ErrorCode.RUNTIME)
+            raise unknown_uid(uid)
         return db
 
     def acquire(self, uid: str) -> plyvel.DB:
