@@ -8,8 +8,7 @@ b'123'
 """
 from __future__ import annotations
 
-from .batch import WriteBatch
-from .client import Elevator
+from .client import Elevator, WriteBatch
 from .errors import (AuthenticationError, CompressionUnavailable, ConnectionError, DatabaseError, ElevatorError,
                      ElevatorIndexError, ElevatorKeyError, ElevatorOSError, ElevatorRuntimeError,
                      ElevatorTimeout, ElevatorTypeError, ElevatorValueError, LimitExceeded,

@@ -87,14 +87,14 @@ def limited(tmp_path_factory):
 
 def test_rangeiter_with_its_default_page_over_max_items_pages_within_the_limit(limited):
     with Elevator(endpoint=limited.endpoint) as e:
-        assert e._pool.server_limits is None  # nothing cached yet
+        assert e.pool.facts.cached_limits() is None  # nothing cached yet
         got = list(e.RangeIter(b"it:", b"it:99999"))
     assert got == [[b"it:%05d" % i, b"v%d" % i] for i in range(LIMITED_N)]
 
 
 def test_rangeiter_pages_within_max_items_even_when_cached_limits_were_stale(limited):
     with Elevator(endpoint=limited.endpoint, decode_responses=True) as e:
-        e._pool.server_limits = {}  # as cached from a server that had no limit then
+        e.pool.facts.set_limits({})  # as cached from a server that had no limit then
         got = list(e.RangeIter(b"it:", include_value=False, page_size=5 * MIN_LIMIT))
     assert got == ["it:%05d" % i for i in range(LIMITED_N)]
 

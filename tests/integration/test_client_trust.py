@@ -382,7 +382,7 @@ def test_mget_splits_on_the_err_detail_not_the_message_text(stub, closing):
     s = stub(handle)
     E = Elevator(endpoint=s.endpoint, retry=NO_RETRY, timeout=5.0)
     closing(E)
-    E.pool.server_limits = {}  # stale: the client believes there is no limit
+    E.pool.facts.set_limits({})  # stale: the client believes there is no limit
     keys = [b"k%d" % i for i in range(1001)]
     assert E.MGet(keys) == keys
 
@@ -439,7 +439,7 @@ def test_stale_cached_limits_do_not_resend_a_frame_the_server_drops(tmp_path):
         E = Elevator(endpoint=srv.endpoint, timeout=10.0)
         try:
             # limits cached from before a restart with a lower --max-message-size
-            E.pool.server_limits = {"max_message_size": protocol.DEFAULT_MAX_MESSAGE_SIZE}
+            E.pool.facts.set_limits({"max_message_size": protocol.DEFAULT_MAX_MESSAGE_SIZE})
             started = time.monotonic()
             with pytest.raises(errors.LimitExceeded, match="1000000"):
                 E.Put("big", b"x" * 5_000_000)

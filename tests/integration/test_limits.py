@@ -139,23 +139,23 @@ def test_limits_below_the_minimum_are_refused_at_startup(tmp_path, flag):
 def test_small_calls_never_fetch_the_limits(client):
     client.MGet([key(i) for i in range(10)])
     client.Range(key(0), key(20))
-    assert client.pool.server_limits is None
+    assert client.pool.facts.cached_limits() is None
 
 
 def test_mget_over_max_keys_is_split_in_order(client):
     keys = [key(i) for i in range(N)] + [b"lim:missing"] + [key(3)] * 5
     values = client.MGet(keys)
     assert values == [VALUE + b"%d" % i for i in range(N)] + [None] + [VALUE + b"3"] * 5
-    assert client.pool.server_limits["max_keys"] == MAX_KEYS
-    fetched = client.pool.server_limits
+    assert client.pool.facts.cached_limits()["max_keys"] == MAX_KEYS
+    fetched = client.pool.facts.cached_limits()
     assert client.MGet(keys[:MAX_KEYS + 1])[-1] == VALUE + b"%d" % MAX_KEYS
-    assert client.pool.server_limits is fetched  # fetched once per pool
+    assert client.pool.facts.cached_limits() is fetched  # fetched once per pool
 
 
 def test_mget_splits_even_when_the_cached_limits_were_stale(client):
-    client.pool.server_limits = {}  # as if fetched from a server restarted since
+    client.pool.facts.set_limits({})  # as if fetched from a server restarted since
     assert len(client.MGet([key(i) for i in range(N)])) == N
-    assert client.pool.server_limits["max_keys"] == MAX_KEYS
+    assert client.pool.facts.cached_limits()["max_keys"] == MAX_KEYS
 
 
 def test_range_over_max_items_is_paged_transparently(client):
@@ -202,7 +202,7 @@ def test_write_batch_at_the_limit_is_written(client):
 
 
 def test_server_without_known_limits_still_answers_clearly(client):
-    client.pool.server_limits = {}  # an original server: no LIMITS command
+    client.pool.facts.set_limits({})  # an original server: no LIMITS command
     wb = client.WriteBatch()
     for i in range(MAX_KEYS + 1):
         wb.Put(b"limwb2:%d" % i, b"x")

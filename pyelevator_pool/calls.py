@@ -1,0 +1,89 @@
+"""Caller: runs one call: a socket (the thread's pinned one, or one checked out), the
+request sent and its reply received, transport failures retried under the
+:class:`RetryPolicy` within the call's one deadline, and the socket given back."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional, Sequence
+
+from . import errors, protocol
+from .facts import ServerFacts
+from .protocol import Reply
+from .retry import RetryPolicy
+from .slots import Conn, SocketPool
+
+__all__ = ["Caller"]
+
+
+class Caller:
+    def __init__(self, slots: SocketPool, facts: ServerFacts, *, retry: RetryPolicy,
+                 connect_timeout: float) -> None:
+        self._slots = slots
+        self._facts = facts
+        self.retry = retry
+        self.connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self.retries = 0
+        self.timeouts = 0  # calls that got no reply in time
+
+    def request(self, cmd: str, args: Sequence, uid: Optional[str], *, timeout: float,
+                compression: bool = False, idempotent: bool = True, is_write: bool = False,
+                stream: int = 0) -> Reply:
+        """The reply to one request (a failure reply is returned, not raised); ``timeout``
+        bounds everything, checkout and retries included."""
+        started = time.monotonic()
+        deadline = started + timeout
+        try:
+            return self._attempt(cmd, args, uid, deadline, compression, stream)
+        except errors.TransportError as exc:
+            return self.retry.call_after_failure(
+                exc, lambda: self._attempt(cmd, args, uid, deadline, compression, stream),
+                deadline=deadline, idempotent=idempotent, is_write=is_write,
+                describe=f"{cmd} to {self._slots.name}", on_retry=self._count_retry,
+                started=started)
+
+    def _count_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def _attempt(self, cmd: str, args: Sequence, uid: Optional[str], deadline: float,
+                 compression: bool, stream: int) -> Reply:
+        slots = self._slots
+        conn = slots.pinned()
+        if conn is not None:
+            if conn.is_tainted:
+                conn = slots.replace(conn)
+                slots.repin(conn)
+            return self._send(conn, cmd, args, uid, deadline, compression, stream)
+        remaining = deadline - time.monotonic()
+        conn = slots.checkout(min(slots.checkout_timeout, max(remaining, 0.0)))
+        try:
+            return self._send(conn, cmd, args, uid, deadline, compression, stream)
+        finally:
+            slots.checkin(conn)
+
+    def _send(self, conn: Conn, cmd: str, args: Sequence, uid: Optional[str],
+              deadline: float, compression: bool, stream: int) -> Reply:
+        try:
+            return conn.request(cmd, args, uid, timeout=max(deadline - time.monotonic(), 0.0),
+                                compression=compression, stream=stream,
+                                connect_timeout=self.connect_timeout,
+                                max_message_size=self._max_message_size)
+        except errors.ElevatorTimeout:
+            with self._lock:
+                self.timeouts += 1
+            raise
+        except errors.ConnectionError as exc:
+            if exc.request_sent and conn.last_frame_size > protocol.MIN_MAX_MESSAGE_SIZE:
+                # a server restarted with a lower max_message_size drops the connection of
+                # a larger frame (libzmq): check the limits again before a retry sends it
+                self._facts.forget_limits()
+            raise
+
+    def _max_message_size(self, conn: Conn, deadline: float) -> Optional[int]:
+        """The server's max_message_size (None: it has no LIMITS), fetched once per pool
+        on ``conn`` itself, before the large request is sent on it."""
+        return self._facts.limits(lambda: conn.request(
+            protocol.LIMITS, [], None, timeout=max(deadline - time.monotonic(), 0.0),
+            connect_timeout=self.connect_timeout)).get("max_message_size")
