@@ -118,6 +118,12 @@ class ElevatorPool:
     def retry(self) -> RetryPolicy:
         return self._caller.retry
 
+    @property
+    def context(self) -> zmq.Context:
+        """The ZeroMQ context of this pool's sockets in this process (a forked child gets
+        one of its own); terminated by :meth:`close` when the pool made it."""
+        return self._live_context()
+
     def _new_connection(self) -> Connection:
         try:
             return Connection(self._context, self.endpoint,

@@ -499,7 +499,7 @@ def test_fork_child_uses_a_fresh_pool_and_parent_still_works(server, make_pool):
     E.Put("fork/k", "from parent")
     parent_conn = pool.checkout()
     pool.checkin(parent_conn)
-    parent_ctx = pool._context
+    parent_ctx = pool.context
     def child() -> dict:
         value = E.Get("fork/k", timeout=5.0)
         E.Put("fork/child", "child was here", timeout=5.0)
@@ -507,10 +507,10 @@ def test_fork_child_uses_a_fresh_pool_and_parent_still_works(server, make_pool):
         fresh = conn is not parent_conn
         pool.checkin(conn)
         report = {"value": value.decode(), "fresh_socket": fresh,
-                  "fresh_context": pool._context is not parent_ctx,
+                  "fresh_context": pool.context is not parent_ctx,
                   "size": pool.stats()["size"]}
         pool.close()  # terminates the child's own context, without hanging
-        report["closed"] = pool.stats()["size"] == 0 and pool._context.closed
+        report["closed"] = pool.stats()["size"] == 0 and pool.context.closed
         return report
 
     report, code = run_forked(child, timeout=20.0)
@@ -521,6 +521,6 @@ def test_fork_child_uses_a_fresh_pool_and_parent_still_works(server, make_pool):
     assert E.Get("fork/child") == b"child was here"
     again = pool.checkout()
     pool.checkin(again)
-    assert again is parent_conn and pool._context is parent_ctx
+    assert again is parent_conn and pool.context is parent_ctx
     assert pool.stats()["size"] == 1 and pool.stats()["replaced"] == 0
     pool.close()

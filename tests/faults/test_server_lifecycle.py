@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -14,6 +15,8 @@ from rawclient import RawClient
 
 from pyelevator_pool import protocol
 from pyelevator_pool.protocol import ErrorCode, Status
+from pyelevator_pool.server import Config, Server
+from pyelevator_pool.server.scheduler import Scheduler
 from pyelevator_pool.testing import ServerProcess
 
 pytestmark = pytest.mark.timeout(90)
@@ -321,3 +324,30 @@ def test_many_concurrent_clients_are_all_answered(tmp_path, workers):
         for t in threads:
             t.join(60)
     assert not errors
+
+
+def test_a_failing_worker_answers_with_the_request_id(tmp_path, monkeypatch):
+    """The worker's last-resort error reply had no id: a client matching replies by id
+    (and every streamed reply) could not recognise it and waited until its timeout."""
+    server = Server(Config(data_dir=str(tmp_path), port=0, workers=1, unmount_after=0))
+    server.start()
+    loop = threading.Thread(target=server.serve, daemon=True)
+    loop.start()
+    raw = RawClient(server.endpoint)
+    uid = raw.uid()  # DBCONNECT runs on the worker: before the fault is injected
+
+    def broken_execute(task):
+        raise MemoryError("injected")
+
+    monkeypatch.setattr(Scheduler, "execute", lambda self, task: broken_execute(task))
+    try:
+        with raw:
+            reply = raw.call(protocol.SLICE, [None, 1000], uid, id=42)  # heavy: a worker's
+            assert reply.status == protocol.Status.FAILURE
+            assert reply.err_code == protocol.ErrorCode.RUNTIME
+            assert reply.id == 42
+            assert raw.call(protocol.PING, [], id=43).id == 43  # and the server goes on
+    finally:
+        server.stop()
+        loop.join(30)
+    assert not loop.is_alive()

@@ -8,13 +8,15 @@ waits (bounded) until the kill happened, so the kill always lands mid-load.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 
 import pytest
 import tenacity
 
-from pyelevator_pool import Elevator, ElevatorError, ElevatorPool, RetryPolicy
+from pyelevator_pool import Elevator, ElevatorError, ElevatorPool, RetryPolicy, bulk
 from pyelevator_pool.bulk import BulkLoadError, LoadReport, dump, load
+from rawclient import run_forked
 
 WAIT = 30.0  # bound of every wait on another thread in these tests
 
@@ -260,3 +262,19 @@ def test_dump_is_lazy_and_pages(db):
 def test_dump_validates_page_size(db):
     with pytest.raises(ValueError):
         dump(db, page_size=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_bulk_load_in_a_forked_child_writes_through_the_childs_own_context(server):
+    keys = [b"review:fork:%02d" % i for i in range(20)]
+    with Elevator(endpoint=server.endpoint, timeout=3.0) as e:
+        e.Put(b"review:fork:parent", b"p")  # the parent's pool and context are in use
+        def child() -> dict:
+            report = bulk.load(e, [(k, k + b"=v") for k in keys], timeout=3.0)
+            return {"pairs": report.pairs}
+
+        report, code = run_forked(child, timeout=30.0)
+        assert report == {"pairs": len(keys)}
+        assert code == 0
+        assert e.MGet(keys) == [k + b"=v" for k in keys]
+        assert e.Get(b"review:fork:parent") == b"p"  # the parent's pool still works

@@ -210,17 +210,18 @@ def test_writebatch_keeps_ops_after_failure_and_can_be_rewritten(db):
     assert len(batch) == 0
 
 
-def test_writebatch_is_atomic_when_server_rejects_an_op(db):
-    # A malformed op (sent below the public API, which would refuse it) makes the
+def test_writebatch_is_atomic_when_server_rejects_an_op(db, client):
+    # A malformed op (sent on the wire: the public API would refuse it) makes the
     # server apply nothing of the batch.
-    with pytest.raises(ServerError):
-        db._write_batch([[1, b"good", b"v"], [7, b"bad"]], None)
+    reply = client.call(protocol.BATCH, [[[1, b"good", b"v"], [7, b"bad"]]],
+                        client.uid(db.db_name))
+    assert reply.status == protocol.Status.FAILURE
     assert not db.Exists("good")
 
 
-def test_writebatch_unknown_op_is_signal_error(db):
-    with pytest.raises(SignalError):
-        db._write_batch([[9, b"k", b"v"]], None)
+def test_writebatch_unknown_op_is_signal_error(db, client):
+    reply = client.call(protocol.BATCH, [[[9, b"k", b"v"]]], client.uid(db.db_name))
+    assert isinstance(errors.error_from_reply(reply.err_code, reply.err_msg), SignalError)
 
 
 def test_writebatch_rejects_non_string_key_before_sending(db):
@@ -432,15 +433,14 @@ def test_timeout_is_builtin_timeout_error(db):
     assert issubclass(errors.ConnectionError, OSError)
 
 
-def test_server_type_error_maps_to_type_error(db):
+def test_server_type_error_maps_to_type_error(db, client):
     # Below the public API (which validates first): a PUT with an int key.
-    reply = db.pool.request(protocol.PUT, [1, b"v"], db._binding[1])
-    with pytest.raises(TypeError):
-        db._raise(reply, protocol.PUT, db.db_name)
+    reply = db.pool.request(protocol.PUT, [1, b"v"], client.uid(db.db_name))
+    assert isinstance(errors.error_from_reply(reply.err_code, reply.err_msg), TypeError)
 
 
-def test_unknown_command_is_key_error_from_server(db):
-    reply = db.pool.request("NOPE", [], db._binding[1])
+def test_unknown_command_is_key_error_from_server(db, client):
+    reply = db.pool.request("NOPE", [], client.uid(db.db_name))
     assert reply.status == protocol.Status.FAILURE
     assert reply.err_code == protocol.ErrorCode.KEY
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from rawclient import RawClient
 
-from pyelevator_pool import Elevator, ElevatorValueError, LimitExceeded, protocol
+from pyelevator_pool import Elevator, ElevatorValueError, LimitExceeded, bulk, protocol
 from pyelevator_pool.protocol import ErrorCode, Status
 from pyelevator_pool.server.handlers import MIN_LIMIT
 from pyelevator_pool.testing import ServerProcess
@@ -213,3 +213,42 @@ def test_server_without_known_limits_still_answers_clearly(client):
 def test_reply_size_limit_reaches_the_user_as_a_clear_error(client):
     with pytest.raises(ElevatorValueError, match=r"\(max_reply_size\)"):
         client.MGet([b"big:%03d" % i for i in range(300)])
+
+
+# ------------------------------------------- RangeIter and dump over max_items
+
+LIMITED_N = MIN_LIMIT + MIN_LIMIT // 2  # more items than the server sends in one reply
+
+
+@pytest.fixture(scope="module")
+def limited_items(tmp_path_factory):
+    srv = ServerProcess(str(tmp_path_factory.mktemp("items-limit")),
+                        args=["--max-items", str(MIN_LIMIT)])
+    srv.start()
+    with Elevator(endpoint=srv.endpoint) as e:
+        for lo in range(0, LIMITED_N, 500):
+            with e.WriteBatch() as wb:
+                for i in range(lo, min(LIMITED_N, lo + 500)):
+                    wb.Put(b"it:%05d" % i, b"v%d" % i)
+    yield srv
+    srv.stop()
+
+
+def test_rangeiter_with_its_default_page_over_max_items_pages_within_the_limit(limited_items):
+    with Elevator(endpoint=limited_items.endpoint) as e:
+        assert e.pool.facts.cached_limits() is None  # nothing cached yet
+        got = list(e.RangeIter(b"it:", b"it:99999"))
+    assert got == [[b"it:%05d" % i, b"v%d" % i] for i in range(LIMITED_N)]
+
+
+def test_rangeiter_pages_within_max_items_even_when_cached_limits_were_stale(limited_items):
+    with Elevator(endpoint=limited_items.endpoint, decode_responses=True) as e:
+        e.pool.facts.set_limits({})  # as cached from a server that had no limit then
+        got = list(e.RangeIter(b"it:", include_value=False, page_size=5 * MIN_LIMIT))
+    assert got == ["it:%05d" % i for i in range(LIMITED_N)]
+
+
+def test_dump_over_max_items_with_the_default_page_size(limited_items):
+    with Elevator(endpoint=limited_items.endpoint) as e:
+        got = list(bulk.dump(e, prefix=b"it:"))
+    assert got == [(b"it:%05d" % i, b"v%d" % i) for i in range(LIMITED_N)]

@@ -6,6 +6,8 @@ fixture closes.
 """
 from __future__ import annotations
 
+import errno
+import gc
 import sys
 import threading
 import time
@@ -17,7 +19,7 @@ import tenacity
 import zmq
 
 from pyelevator_pool import (Elevator, ElevatorPool, PoolClosed, PoolTimeout, RetryPolicy,
-                             errors)
+                             errors, protocol)
 from pyelevator_pool.connection import Connection
 
 from rawclient import wait_until
@@ -472,7 +474,7 @@ def test_close_while_other_threads_hold_sockets(make_pool):
     stats = pool.stats()
     assert stats["size"] == 0 and stats["in_use"] == 0
     # the pool owned its context: it is terminated once the last socket is closed
-    assert wait_until(lambda: pool._context.closed, timeout=10)
+    assert wait_until(lambda: pool.context.closed, timeout=10)
     pool.close()  # idempotent
     assert "closed" in repr(pool)
 
@@ -545,7 +547,7 @@ def test_close_racing_checkins_leaves_no_socket_open(make_pool):
                 t.join(JOIN)
             stats = pool.stats()
             left_open = [c for c in set(seen) if not c.is_closed]
-            if stats["size"] or left_open or not pool._context.closed:
+            if stats["size"] or left_open or not pool.context.closed:
                 leaks.append((trial, stats["size"], len(left_open)))
     finally:
         sys.setswitchinterval(previous)
@@ -617,3 +619,96 @@ def test_valid_edge_values_are_accepted_and_own_no_socket_yet():
         assert not ctx.closed  # a context given by the caller stays the caller's
     finally:
         ctx.term()
+
+
+# ------------------------------------------ a socket that cannot connect
+
+def _open_sockets(ctx: zmq.Context) -> List[zmq.Socket]:
+    return [s for s in gc.get_objects()
+            if isinstance(s, zmq.Socket) and s.context is ctx and not s.closed]
+
+
+# -------------------------------------------------------- connection that cannot connect
+
+def test_a_socket_that_cannot_connect_leaves_no_socket_open_and_close_does_not_hang():
+    ctx = zmq.Context()
+    pool = ElevatorPool("tcp://127.0.0.1:notaport", context=ctx)  # refused by connect()
+    with pytest.raises(errors.ConnectionError) as info:
+        pool.checkout()
+    kept = info.value  # a caller keeps the error (to log it later): its frames stay alive
+    leaked = _open_sockets(ctx)
+    closer = threading.Thread(target=pool.close, daemon=True)
+    closer.start()
+    closer.join(10.0)
+    hung = closer.is_alive()
+    for sock in leaked:  # let the hung term() finish whatever the outcome
+        sock.close(0)
+    closer.join(10.0)
+    ctx.term()
+    assert leaked == [], f"sockets left open by a failed Connection: {leaked} ({kept})"
+    assert not hung, "pool.close() hung on a socket the failed Connection left open"
+
+
+def test_a_pinned_socket_whose_replacement_failed_once_does_not_exceed_max_size(server):
+    fail_next: List[int] = []
+
+    def security(sock: zmq.Socket) -> None:
+        # Opening a socket fails once, as it does when the process is out of descriptors.
+        if fail_next:
+            fail_next.pop()
+            raise zmq.ZMQError(errno.EMFILE)
+
+    pool = ElevatorPool(server.endpoint, max_size=1, security=security,
+                        retry=RetryPolicy(wait=tenacity.wait_fixed(0)))
+    try:
+        with pool.connection() as conn:
+            assert pool.request(protocol.PING, []).status == protocol.Status.SUCCESS
+            conn.is_tainted = True  # as after a timeout against a server without ids
+            fail_next.append(1)
+            assert pool.request(protocol.PING, []).status == protocol.Status.SUCCESS
+            assert not fail_next  # the failure happened, and was retried
+        stats = pool.stats()
+        assert (stats["size"], stats["in_use"], stats["idle"]) == (1, 0, 1)
+        held = pool.checkout()
+        try:
+            with pytest.raises(PoolTimeout):
+                pool.checkout(timeout=0)  # max_size=1: no second socket
+        finally:
+            pool.checkin(held)
+        assert pool.stats()["size"] == 1
+    finally:
+        pool.close()
+
+
+# ------------------------------------------------------ argument validation
+
+@pytest.mark.parametrize("call", ["checkout", "connection", "request"])
+@pytest.mark.parametrize("timeout,exc", [("1", TypeError), (True, TypeError), (-1, ValueError),
+                                         (float("inf"), ValueError),
+                                         (float("nan"), ValueError)])
+def test_pool_call_timeouts_are_validated_with_a_clear_message(call, timeout, exc):
+    pool = ElevatorPool("127.0.0.1:1")  # never reached: the argument is refused first
+    try:
+        with pytest.raises(exc, match="timeout"):
+            if call == "checkout":
+                pool.checkout(timeout)
+            elif call == "connection":
+                with pool.connection(timeout):
+                    pass
+            else:
+                pool.request(protocol.PING, [], timeout=timeout)
+        assert pool.stats()["size"] == 0  # nothing was opened, nothing sent
+    finally:
+        pool.close()
+
+
+def test_request_timeout_zero_is_refused_but_checkout_timeout_zero_is_allowed(server):
+    pool = ElevatorPool(server.endpoint)
+    try:
+        with pytest.raises(ValueError, match="timeout"):
+            pool.request(protocol.PING, [], timeout=0)
+        conn = pool.checkout(timeout=0)
+        pool.checkin(conn)
+        assert pool.stats()["size"] == 1
+    finally:
+        pool.close()

@@ -20,6 +20,7 @@ from pyelevator_pool import (AuthenticationError, ConnectionError, CurveKeys, El
                              ElevatorPool, protocol)
 from pyelevator_pool.security import generate_certificates, load_key_pair, load_public_key
 from pyelevator_pool.testing import ServerProcess
+from rawclient import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -306,3 +307,27 @@ def test_cli_reaches_a_curve_server_with_key_files_and_refuses_half_a_pair(curve
                                       "ping"], capture_output=True, timeout=60)
     assert intruder.returncode == 1 and b"CURVE key" in intruder.stderr
     assert intruder.stderr.count(b"\n") == 1  # one line
+
+
+def test_sighup_with_a_malformed_key_file_keeps_the_server_and_the_old_keys(tmp_path):
+    """A *.key file without a public key made the reload raise ValueError, which is not
+    an OSError: it escaped the loop and the server died."""
+    keys = tmp_path / "keys"
+    generate_certificates(str(keys), "server")
+    generate_certificates(str(keys), "client")
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    (authorized / "client.key").write_bytes((keys / "client.key").read_bytes())
+    curve = CurveKeys.from_files(keys / "server.key", keys / "client.key_secret")
+    (tmp_path / "data").mkdir()
+    args = ["--curve-secret-key", str(keys / "server.key_secret"),
+            "--curve-authorized-keys", str(authorized)]
+    with ServerProcess(str(tmp_path / "data"), args=args, security=curve) as srv:
+        (authorized / "broken.key").write_text("# not a certificate\n")
+        os.kill(srv.pid, signal.SIGHUP)
+        assert wait_until(lambda: not srv.is_running()
+                          or "keeping the old ones" in srv.log_tail(lines=100), timeout=10)
+        assert srv.is_running(), srv.log_tail()
+        with Elevator(endpoint=srv.endpoint, curve=curve, timeout=10) as e:
+            assert e.Ping()
+        assert "Traceback" not in srv.log_tail(lines=1000)

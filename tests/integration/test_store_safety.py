@@ -415,3 +415,43 @@ def test_the_client_repairs_a_damaged_database_by_name(data):
                 assert hurt.Get(b"k") == b"v"
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def rooted(tmp_path):
+    """A server whose data dir lies inside the root it allows for path databases."""
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    with ServerProcess(str(root / "data"), args=["--allow-path", str(root)]) as srv, \
+            RawClient(srv.endpoint) as raw:
+        yield srv, raw, root
+
+
+def test_a_path_database_may_not_be_the_data_dir_or_inside_it(rooted):
+    """DBCREATE of the data dir (or a directory in it) under an allowed root used to
+    succeed, and its DBDROP then deleted the data dir: every database and the registry."""
+    srv, raw, root = rooted
+    uid = raw.uid()
+    assert raw.call(protocol.PUT, [b"k", b"v"], uid).status == 1
+    for path in (root / "data", root / "data" / "dbs", root / "data" / "dbs" / "other"):
+        reply = raw.call(protocol.DBCREATE, [str(path).encode()], uid)
+        assert reply.status == protocol.Status.FAILURE, path
+        assert reply.err_code == protocol.ErrorCode.DATABASE
+        raw.call(protocol.DBDROP, [str(path).encode()], uid)
+    assert os.path.exists(os.path.join(srv.data_dir, "store.json"))
+    assert raw.call(protocol.GET, [b"k"], uid).datas == [b"v"]
+
+
+def test_a_path_database_may_not_overlap_another_database(rooted):
+    """Two names for the same files (or one database inside another) used to be
+    accepted: dropping one then deleted the other's data."""
+    srv, raw, root = rooted
+    uid = raw.uid()
+    first = str(root / "db")
+    assert raw.call(protocol.DBCREATE, [first.encode()], uid).status == 1
+    assert raw.call(protocol.DBUMOUNT, [first.encode()], uid).status == 1
+    for other in (f"{root}/./db", str(root / "db" / "inner"), str(root)):
+        reply = raw.call(protocol.DBCREATE, [other.encode()], uid)
+        assert reply.status == protocol.Status.FAILURE, other
+        assert reply.err_code == protocol.ErrorCode.DATABASE
+    assert raw.call(protocol.DBLIST, [], uid).datas == [b"default", first.encode()]

@@ -2,6 +2,8 @@
 reply but the last marked ``more``; the client decodes them as they arrive. Real server."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pyelevator_pool import Elevator, protocol
@@ -27,8 +29,12 @@ def loaded(server):
     client.close()
 
 
-def _stream(raw: RawClient, cmd: str, args: list, uid: str, page: int, rid: int = 7) -> list:
+def _stream(raw: RawClient, cmd: str, args: list, uid: str, page: int, rid: int = 7,
+            late: float = 0.0) -> list:
+    """(header, reply) of each page of one streamed request, each page credited once read;
+    ``late``: seconds the reader waits before it reads the first page."""
     raw.sock.send(protocol.encode_request(cmd, args, uid, id=rid, stream=page))
+    time.sleep(late)
     replies = []
     while True:
         reply_frames = raw.recv_frames()
@@ -108,12 +114,14 @@ def test_a_stream_over_max_items_fails_as_the_single_reply_would(tmp_path):
 
 def test_a_late_stream_is_not_taken_for_the_next_reply(server, loaded):
     client, pairs = loaded
+    with RawClient(server.endpoint) as raw:
+        uid = raw.uid("streaming")
     conn = client.pool.checkout()
     try:
         with pytest.raises(TimeoutError):
-            conn.request(protocol.RANGE, [None, None, True, True, None], client._binding[1],
+            conn.request(protocol.RANGE, [None, None, True, True, None], uid,
                          timeout=0.0005, stream=100)
-        reply = conn.request(protocol.GET, [pairs[3][0]], client._binding[1], timeout=10)
+        reply = conn.request(protocol.GET, [pairs[3][0]], uid, timeout=10)
         assert reply.datas == [pairs[3][1]]
     finally:
         client.pool.checkin(conn)
@@ -133,3 +141,24 @@ def test_a_page_over_max_reply_size_ends_the_stream_with_the_limit_error(tmp_pat
     assert sum(len(r.datas) for _, r in small) == 1000
     assert len(big) == 1 and big[0][1].status == protocol.Status.FAILURE
     assert big[0][1].err_code == single.err_code
+
+
+# ------------------------------------------------- a streamed reply to a slow reader
+
+def test_a_stream_of_more_pages_than_the_socket_holds_reaches_a_slow_reader(server):
+    """A stream of many small pages used to overflow the ROUTER's send queue (1000
+    messages), which drops what does not fit: the end of the stream was lost and the
+    client waited for it forever. Now the server sends a page only on credit."""
+    n, value = 4000, b"v" * 8192  # more pages than the send queue and TCP buffers hold
+    with RawClient(server.endpoint) as raw:
+        raw.sock.rcvhwm = 100
+        uid = raw.uid()
+        keys = [b"slow:%06d" % i for i in range(n)]
+        for i in range(0, n, 1000):
+            ops = [[1, k, value] for k in keys[i:i + 1000]]
+            assert raw.call(protocol.BATCH, [ops], uid).status == 1
+        # a reader that is late: the old server produced all pages meanwhile
+        replies = [r for _, r in _stream(raw, protocol.RANGE, [None, None, True, True, b"slow:"],
+                                         uid, 1, rid=11, late=1.0)]
+    assert all(r.status == protocol.Status.SUCCESS and r.id == 11 for r in replies)
+    assert [k for r in replies for k, _ in r.datas] == keys
