@@ -23,7 +23,7 @@ _DEFAULT_ENDPOINT = "127.0.0.1:4141"
 RANGE_ITER_PAGE = 10_000
 #: items per streamed page of Range and Slice: the server sends a page as soon as it is
 #: read and packed, and the client decodes it while the server reads the next one
-#: (python -m benchmarks.streamed_range: 5,000-10,000 best; 25,000 loses the overlap).
+#: (the page-size experiment in benchmarks/README.rst).
 STREAM_PAGE = 10_000
 #: calls with more keys or items than this fetch the server's limits first (once per
 #: pool, see LIMITS); the server never sets a limit below it, so smaller calls never need to.
