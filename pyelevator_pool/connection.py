@@ -281,16 +281,16 @@ class Connection:
                 frame = self._encode(cmd, args, uid, rid, compression, stream, deadline)
             try:
                 sock.send(frame, zmq.NOBLOCK)
-            except zmq.Again:
-                # The queue to the server is full (a high-water mark of requests): not sent.
-                raise errors.ElevatorTimeout(
-                    f"{cmd}: the queue to {self.endpoint} is full", request_sent=False) from None
+            except zmq.Again as exc:
+                # The queue to the server is full (a high-water mark of requests): not sent,
+                # and the socket is still good.
+                raise errors.from_zmq(exc, f"{cmd} to {self.endpoint}",
+                                      request_sent=False) from exc
             sent = True
             head, content = self._receive(cmd, rid, deadline, timeout)
         except zmq.ZMQError as exc:
             self.is_tainted = True
-            raise errors.ConnectionError(f"{cmd} to {self.endpoint}: {exc}",
-                                         request_sent=sent) from exc
+            raise errors.from_zmq(exc, f"{cmd} to {self.endpoint}", request_sent=sent) from exc
         finally:
             self.last_used = time.monotonic()
         if stream and head.get(protocol.MORE):
@@ -304,16 +304,21 @@ class Connection:
             if status == protocol.Status.FAILURE:
                 return self._failure(cmd, rid, head)
             if status not in (1, -2):
-                raise protocol.ProtocolError(f"unknown status {status!r}")
+                raise errors.ProtocolError(f"unknown status {status!r}")
             if len(content) > GC_PAUSE_THRESHOLD:
                 with gc_paused():
                     datas = protocol.decode_content(content, bool(head.get("compression")))
             else:
                 datas = protocol.decode_content(content, bool(head.get("compression")))
-        except protocol.ProtocolError as exc:
-            self.is_tainted = True
-            raise errors.ProtocolError(f"{cmd}: malformed reply from {self.endpoint}: {exc}") from None
+        except errors.ProtocolError as exc:
+            raise self._malformed(cmd, exc) from None
         return Reply(status, None, err_msg, rid, datas)
+
+    def _malformed(self, cmd: str, exc: errors.ProtocolError) -> errors.ProtocolError:
+        """The error for a malformed reply, saying where it came from; the socket is
+        tainted (replaced), since what it receives next cannot be trusted."""
+        self.is_tainted = True
+        return errors.ProtocolError(f"{cmd}: malformed reply from {self.endpoint}: {exc}")
 
     def _encode(self, cmd: str, args: Sequence, uid: Optional[str], rid: int,
                 compression: bool, stream: int, deadline: float) -> bytes:
@@ -343,16 +348,16 @@ class Connection:
 
     @staticmethod
     def _check_seq(head: dict, expected: int, seen_seq: bool) -> bool:
-        """Whether the page carries a seq; raises protocol.ProtocolError when it is not
+        """Whether the page carries a seq; raises ProtocolError when it is not
         page ``expected``, or has none after earlier pages had one."""
         seq = head.get(protocol.SEQ)
         if seq is None:
             if seen_seq:
-                raise protocol.ProtocolError(
+                raise errors.ProtocolError(
                     f"incomplete stream: expected page {expected}, got a page without seq")
             return False
         if isinstance(seq, bool) or seq != expected:
-            raise protocol.ProtocolError(
+            raise errors.ProtocolError(
                 f"incomplete stream: expected page {expected}, got {seq!r}")
         return True
 
@@ -392,17 +397,15 @@ class Connection:
                         done = True
                         return self._failure(cmd, rid, head)
                     if page_status not in (1, -2):
-                        raise protocol.ProtocolError(f"unknown status {page_status!r}")
+                        raise errors.ProtocolError(f"unknown status {page_status!r}")
                     if page_status == protocol.Status.WARNING:
                         status = page_status
                     with gc_paused():
                         page = protocol.decode_content(content, bool(head.get("compression")))
                     if not isinstance(page, list):
-                        raise protocol.ProtocolError("a streamed page is not an array")
-                except protocol.ProtocolError as exc:
-                    self.is_tainted = True
-                    raise errors.ProtocolError(
-                        f"{cmd}: malformed reply from {self.endpoint}: {exc}") from None
+                        raise errors.ProtocolError("a streamed page is not an array")
+                except errors.ProtocolError as exc:
+                    raise self._malformed(cmd, exc) from None
                 items.extend(page)
                 if not head.get(protocol.MORE):
                     done = True
@@ -413,7 +416,8 @@ class Connection:
                     head, content = self._receive(cmd, rid, deadline, timeout)
                 except zmq.ZMQError as exc:
                     self.is_tainted = True
-                    raise errors.ConnectionError(f"{cmd} to {self.endpoint}: {exc}") from exc
+                    raise errors.from_zmq(exc, f"{cmd} to {self.endpoint}",
+                                          request_sent=True) from exc
                 finally:
                     self.last_used = time.monotonic()
         finally:
@@ -449,12 +453,10 @@ class Connection:
             frames = sock.recv_multipart(copy=True)
             try:
                 if len(frames) != 2:
-                    raise protocol.ProtocolError(f"{len(frames)} frames, expected 2")
+                    raise errors.ProtocolError(f"{len(frames)} frames, expected 2")
                 head = protocol.decode_header(frames[0])
-            except protocol.ProtocolError as exc:
-                self.is_tainted = True
-                raise errors.ProtocolError(
-                    f"{cmd}: malformed reply from {self.endpoint}: {exc}") from None
+            except errors.ProtocolError as exc:
+                raise self._malformed(cmd, exc) from None
             hid = head.get("id")
             if hid is None:
                 if self.ids_echoed:

@@ -3,21 +3,43 @@
 Every exception raised by this package derives from :class:`ElevatorError`, and
 also from the builtin a user would naturally catch: a missing key is a
 ``KeyError``, a timeout a ``TimeoutError``, a server TYPE error a ``TypeError``.
+The protocol's error codes (:class:`ErrorCode`) are defined here, and a ZeroMQ failure
+becomes a :class:`TransportError` here (:func:`from_zmq`). This module imports no other
+of the package's: protocol.py and the server take :class:`ProtocolError` and
+:class:`CompressionUnavailable` from it.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Type
+import enum
+from typing import Any, Dict, Optional, Type
 
-from . import protocol as _protocol
-from .protocol import ErrorCode
+import zmq
 
 __all__ = [
-    "ElevatorError", "ServerError", "ElevatorTypeError", "ElevatorKeyError", "ElevatorValueError",
-    "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError", "DatabaseError",
-    "SignalError", "RequestError", "TransportError", "ElevatorTimeout", "ConnectionError", "ProtocolError",
-    "AuthenticationError", "LimitExceeded", "RequestLimitExceeded",
-    "PoolError", "PoolTimeout", "PoolClosed", "CompressionUnavailable", "error_from_reply",
+    "ErrorCode", "ElevatorError", "ServerError", "ElevatorTypeError", "ElevatorKeyError",
+    "ElevatorValueError", "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError",
+    "DatabaseError", "SignalError", "RequestError", "TransportError", "ElevatorTimeout",
+    "ConnectionError", "ProtocolError", "AuthenticationError", "LimitExceeded",
+    "RequestLimitExceeded", "PoolError", "PoolTimeout", "PoolClosed", "CompressionUnavailable",
+    "error_from_reply", "from_zmq",
 ]
+
+
+class ErrorCode(enum.IntEnum):
+    """The ``err_code`` of a failure reply (docs/protocol.rst)."""
+
+    TYPE = 0
+    KEY = 1
+    VALUE = 2
+    INDEX = 3
+    RUNTIME = 4
+    OS = 5
+    DATABASE = 6
+    SIGNAL = 7
+    REQUEST = 8  # malformed request (this project's server)
+    # Extensions (docs/protocol.rst): only sent to clients that send meta.id.
+    TIMEOUT = 9  # meta.timeout passed before the request started: nothing was done
+    AUTH = 10    # the client's CURVE key is not (or no longer) authorized
 
 
 class ElevatorError(Exception):
@@ -151,14 +173,21 @@ class RequestLimitExceeded(RequestError, LimitExceeded):
     """The server refused a request over one of its limits (REQUEST with err_detail)."""
 
 
-
-
 class ProtocolError(ElevatorError, ValueError):
-    """A reply that does not follow the protocol."""
+    """A frame that does not follow the protocol: on the client, a malformed reply (the
+    socket it came on is replaced); on the server, a request it cannot read, answered
+    with ``code`` (an ErrorCode) and ``id`` (the request's ``meta.id`` when it parsed far
+    enough to have one)."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.REQUEST, *,
+                 id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.id = id
 
 
-class CompressionUnavailable(ElevatorError, _protocol.CompressionUnavailable):
-    """``compression=True`` was asked for, but the ``lz4`` package is not installed."""
+class CompressionUnavailable(ElevatorError, RuntimeError):
+    """Compression was asked for, but the optional ``lz4`` package is not installed."""
 
 
 class PoolError(ElevatorError):
@@ -200,3 +229,18 @@ def error_from_reply(code: Optional[int], message: Optional[str], *, command: Op
         exc.value = detail.get("value") if detail else None
         exc.maximum = detail.get("maximum") if detail else None
     return exc
+
+
+def from_zmq(exc: zmq.ZMQError, what: str, *, request_sent: bool) -> TransportError:
+    """The error for a ZeroMQ failure of ``what`` (``"GET to tcp://host:port"``), to be
+    raised ``from exc``: the one place the client's ZeroMQ errors are mapped.
+
+    ``zmq.Again`` (a non-blocking operation would block: the queue to the server is
+    full) is an :class:`ElevatorTimeout`; any other ``ZMQError`` (a closed socket or
+    context, no file descriptor left, a bad endpoint...) a :class:`ConnectionError`.
+    ``request_sent``: whether the request may have reached the server (see
+    :class:`TransportError`).
+    """
+    if isinstance(exc, zmq.Again):
+        return ElevatorTimeout(f"{what}: the queue is full ({exc})", request_sent=request_sent)
+    return ConnectionError(f"{what}: {exc}", request_sent=request_sent)

@@ -18,6 +18,10 @@ from typing import Any, List, NamedTuple, Optional, Sequence
 
 import msgpack
 
+# The error codes and the two errors of this module are errors.py's, which the whole
+# package's exceptions derive from (so a ProtocolError is also an ElevatorError).
+from .errors import CompressionUnavailable, ErrorCode, ProtocolError
+
 __all__ = [
     "Status", "ErrorCode", "ProtocolError", "CompressionUnavailable",
     "Request", "Reply", "DATA_COMMANDS", "DB_COMMANDS", "ALL_COMMANDS",
@@ -35,21 +39,6 @@ class Status(enum.IntEnum):
     SUCCESS = 1
     FAILURE = -1
     WARNING = -2  # success with a remark (MGET with missing keys)
-
-
-class ErrorCode(enum.IntEnum):
-    TYPE = 0
-    KEY = 1
-    VALUE = 2
-    INDEX = 3
-    RUNTIME = 4
-    OS = 5
-    DATABASE = 6
-    SIGNAL = 7
-    REQUEST = 8  # malformed request (this project's server)
-    # Extensions (docs/protocol.rst): only sent to clients that send meta.id.
-    TIMEOUT = 9  # meta.timeout passed before the request started: nothing was done
-    AUTH = 10    # the client's CURVE key is not (or no longer) authorized
 
 
 # Commands bound to a database uid.
@@ -93,20 +82,6 @@ ERR_DETAIL = "err_detail"
 # WriteBatch op codes.
 BATCH_DELETE = 0
 BATCH_PUT = 1
-
-
-class ProtocolError(Exception):
-    """A frame that does not follow the protocol. ``code`` is the ErrorCode to answer with."""
-
-    def __init__(self, message: str, code: ErrorCode = ErrorCode.REQUEST, *, id: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        #: the request's ``meta.id`` when it parsed far enough to have one (echo it in the error)
-        self.id = id
-
-
-class CompressionUnavailable(RuntimeError):
-    """Compression was asked for but the optional ``lz4`` package is not installed."""
 
 
 class Request(NamedTuple):
