@@ -21,8 +21,6 @@ from . import errors, protocol
 from .gcpause import gc_paused
 from .protocol import Reply
 
-# gc_paused (gcpause.py) is not this module's, though tests/integration/test_client_trust.py
-# still imports it from here
 __all__ = ["Connection", "normalize_endpoint"]
 
 #: replies larger than this are decoded with the garbage collector paused (gcpause.py)

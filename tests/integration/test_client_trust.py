@@ -18,7 +18,7 @@ import zmq
 
 from pyelevator_pool import (NO_RETRY, Elevator, ElevatorPool, ElevatorTimeout, RetryPolicy,
                              errors, protocol)
-from pyelevator_pool.connection import gc_paused
+from pyelevator_pool.gcpause import gc_paused
 from pyelevator_pool.testing import ServerProcess
 
 from rawclient import RawClient, run_forked, wait_until

@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import threading
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import pytest
@@ -154,8 +155,9 @@ def _child_report() -> dict:
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
-@needs_fork
-def test_a_child_forked_while_another_thread_pauses_has_the_gc_enabled():
+@contextmanager
+def _held_by_another_thread() -> Iterator[None]:
+    """A pause held by a thread a forked child will not have."""
     inside, leave = threading.Event(), threading.Event()
 
     def pauser() -> None:
@@ -166,31 +168,27 @@ def test_a_child_forked_while_another_thread_pauses_has_the_gc_enabled():
     t = threading.Thread(target=pauser)
     t.start()
     try:
-        assert inside.wait(JOIN) and not gc.isenabled()
-        report = _in_a_child(_child_report)
+        assert inside.wait(JOIN)
+        yield
     finally:
         leave.set()
         t.join(JOIN)
-    assert report == {"enabled": True, "pausers": 0, "paused": True, "after": True}
-    assert gc.isenabled()
+
+
+PAUSES = {"another thread's": _held_by_another_thread, "the forking thread's": gc_paused}
 
 
 @needs_fork
-def test_a_child_forked_inside_the_forking_threads_own_pause_has_the_gc_enabled():
-    with gc_paused():
-        got = _in_a_child(_child_report)
-        assert not gc.isenabled(), "the parent is still paused"
-    assert gc.isenabled()
-    assert got == {"enabled": True, "pausers": 0, "paused": True, "after": True}
-
-
-@needs_fork
-def test_a_child_forked_while_the_application_disabled_the_gc_keeps_it_disabled():
-    gc.disable()
-    with gc_paused():
+@pytest.mark.parametrize("enabled", [True, False], ids=["gc on", "gc disabled by the app"])
+@pytest.mark.parametrize("pause", sorted(PAUSES))
+def test_a_child_forked_during_a_pause_has_the_state_from_before_it(pause, enabled):
+    (gc.enable if enabled else gc.disable)()
+    with PAUSES[pause]():
+        assert not gc.isenabled()
         report = _in_a_child(_child_report)
-    assert report == {"enabled": False, "pausers": 0, "paused": True, "after": False}
-    assert not gc.isenabled()
+        assert not gc.isenabled(), "the parent is still paused"
+    assert gc.isenabled() is enabled
+    assert report == {"enabled": enabled, "pausers": 0, "paused": True, "after": enabled}
 
 
 @needs_fork
