@@ -117,9 +117,12 @@ def generate_certificates(directory: PathLike, name: str) -> Tuple[str, str]:
     ``DIRECTORY/NAME.key_secret`` (secret, mode 0600). Returns both paths.
 
     The directory is created if needed. Raises FileExistsError rather than
-    overwrite a key, ValueError for a name with a path separator.
+    overwrite a key, TypeError for a name that is not a str, ValueError for one with a
+    path separator.
     """
-    if not isinstance(name, str) or not name or os.sep in name or name.startswith("."):
+    if not isinstance(name, str):
+        raise TypeError(f"key name must be a str, not {type(name).__name__}")
+    if not name or os.sep in name or name.startswith("."):
         raise ValueError(f"key name must be a plain file name, not {name!r}")
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)

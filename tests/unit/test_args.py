@@ -168,3 +168,12 @@ def test_the_command_lines_use_the_rule():
     got = client_parser().parse_args(["load", "f", "--max-line-size", "16M",
                                       "--batch-bytes", "1GiB", "--timeout", "2.5"])
     assert (got.max_line_size, got.batch_bytes, got.timeout) == (16 << 20, 1 << 30, 2.5)
+
+
+def test_a_key_name_of_another_type_is_a_type_error(tmp_path):
+    from pyelevator_pool.security import generate_certificates
+    with pytest.raises(TypeError, match="^key name must be a str, not bytes$"):
+        generate_certificates(tmp_path, b"server")
+    with pytest.raises(ValueError, match="^key name must be a plain file name"):
+        generate_certificates(tmp_path, ".hidden")
+    assert list(tmp_path.iterdir()) == []
