@@ -221,6 +221,24 @@ class _Load:
                 return head
         return None
 
+    def _requests(self, uid: Callable[[zmq.Socket], str], cmd: str, args: list,
+                  first_id: int) -> None:
+        """On a socket of its own: ``cmd`` one after the other until stopped (or
+        MAX_LOAD_OPS), each awaited; ``uid(sock)`` names the database."""
+        sock = _dealer(self.ctx, self.endpoint)
+        try:
+            db = uid(sock)
+            for rid in range(first_id, first_id + MAX_LOAD_OPS):
+                if self.stopped.is_set():
+                    break
+                sock.send(_request(cmd, args, db, rid))
+                reply = self._wait_reply(sock, rid)
+                if reply is None:
+                    break
+                self._count(reply.get("status") != protocol.Status.FAILURE)
+        finally:
+            sock.close(0)
+
     def stop(self) -> None:
         self.stopped.set()
         for t in self.threads:
@@ -275,19 +293,7 @@ class _ConcurrentMgets(_Load):
             self.threads.append(thread)
 
     def _run(self, uid: str, keys: List[bytes], t: int) -> None:
-        sock = _dealer(self.ctx, self.endpoint)
-        try:
-            for n in range(MAX_LOAD_OPS):
-                if self.stopped.is_set():
-                    break
-                rid = t * MAX_LOAD_OPS + n
-                sock.send(_request(protocol.MGET, [keys, False], uid, rid))
-                reply = self._wait_reply(sock, rid)
-                if reply is None:
-                    break
-                self._count(reply.get("status") != protocol.Status.FAILURE)
-        finally:
-            sock.close(0)
+        self._requests(lambda sock: uid, protocol.MGET, [keys, False], t * MAX_LOAD_OPS)
 
 
 class _Repairs(_Load):
@@ -299,19 +305,7 @@ class _Repairs(_Load):
         self.threads.append(thread)
 
     def _run(self) -> None:
-        sock = _dealer(self.ctx, self.endpoint)
-        try:
-            uid = _uid(sock, REPAIR_DB)
-            for n in range(MAX_LOAD_OPS):
-                if self.stopped.is_set():
-                    break
-                sock.send(_request(protocol.DBREPAIR, [], uid, n))
-                reply = self._wait_reply(sock, n)
-                if reply is None:
-                    break
-                self._count(reply.get("status") != protocol.Status.FAILURE)
-        finally:
-            sock.close(0)
+        self._requests(lambda sock: _uid(sock, REPAIR_DB), protocol.DBREPAIR, [], 0)
 
 
 class _Idle(_Load):
