@@ -2,9 +2,7 @@
 must be the one CI runs."""
 from __future__ import annotations
 
-
 import docutils.core
-import docutils.utils
 
 from paths import ROOT
 TEST_COMMAND = 'pip install -e ".[server,test]" && pytest'
@@ -28,3 +26,14 @@ def test_readme_main_job_command_names_the_benchmark_suite():
     readme = (ROOT / "README.rst").read_text(encoding="utf-8")
     assert 'pip install -e ".[server,bench]" && python -m benchmarks --quick' in readme
     assert (ROOT / "benchmarks" / "__main__.py").is_file()
+
+
+def test_readme_is_short_and_links_the_contract_and_the_figures():
+    """Measured results live in benchmarks/README.rst (generated), the wire contract in
+    docs/protocol.rst; the README only points at them."""
+    readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 270
+    for target in ("benchmarks/README.rst", "docs/protocol.rst"):
+        assert f"<{target}>`_" in readme
+        assert (ROOT / target).is_file()
+    assert "tests/integration/test_docker.py" in readme
