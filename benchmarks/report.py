@@ -13,7 +13,7 @@ from .suite import IMPLEMENTATIONS, Record, ratio
 from .timing import median
 
 __all__ = ["Target", "TARGETS", "evaluate_targets", "format_table", "write_json", "write_png",
-           "format_readme", "write_readme", "README", "BEGIN", "END"]
+           "format_readme", "write_readme", "marker_at", "README", "BEGIN", "END"]
 
 #: the benchmarks' README: its static text around the figures written by write_readme
 README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.rst")
@@ -282,6 +282,14 @@ def format_readme(result: Dict[str, Any], targets: List[Dict[str, Any]],
     return "\n".join(parts) + "\n"
 
 
+def marker_at(text: str, marker: str) -> int:
+    """Where ``marker`` starts a line of ``text`` (not where prose quotes it); -1 if nowhere."""
+    if text.startswith(marker):
+        return 0
+    at = text.find("\n" + marker)
+    return at + 1 if at >= 0 else -1
+
+
 def write_readme(path: str, result: Dict[str, Any], targets: List[Dict[str, Any]],
                  image: Optional[str] = None) -> None:
     """Put :func:`format_readme` between the BEGIN and END comments of ``path`` (the rest of
@@ -292,7 +300,7 @@ def write_readme(path: str, result: Dict[str, Any], targets: List[Dict[str, Any]
             text = f.read()
     except FileNotFoundError:
         text = "==========\nBenchmarks\n==========\n\n"
-    start, stop = text.find(BEGIN), text.find(END)
+    start, stop = marker_at(text, BEGIN), marker_at(text, END)
     if start >= 0 and stop > start:
         after = text.find("\n", stop)
         text = text[:start] + block + (text[after + 1:] if after >= 0 else "")
