@@ -237,7 +237,7 @@ def format_readme(result: Dict[str, Any], targets: List[Dict[str, Any]],
         ("python", meta["python"]),
         ("libraries", libs),
         ("server", meta["server"]),
-        ("preset", f"{opts['preset']}: {opts['size']:,} keys, {opts['repeat']} repeats, "
+        ("preset", f"{opts['preset']}: {opts['size']:,} keys, {opts['repeat']} runs of each, "
                    f"{opts['latency_samples']:,} Get samples, {opts['thread_seconds']:g} s per "
                    f"thread run" + (f", {meta['elapsed_s']:g} s in all"
                                     if "elapsed_s" in meta else "")),
@@ -267,7 +267,7 @@ def format_readme(result: Dict[str, Any], targets: List[Dict[str, Any]],
         "Noise",
         "-----",
         "",
-        noise(result["records"]),
+        textwrap.fill(noise(result["records"]), 88),
         "",
     ]
     notes = result.get("notes", [])
