@@ -45,8 +45,10 @@ RECONNECT_IVL_MAX_MS = 1000
 
 def normalize_endpoint(endpoint: str, transport: str = "tcp") -> str:
     """``host:port`` plus a transport, or a full ZeroMQ URL, as a ZeroMQ URL."""
-    if not isinstance(endpoint, str) or not endpoint:
-        raise TypeError(f"endpoint must be a non-empty str, not {endpoint!r}")
+    if not isinstance(endpoint, str):
+        raise TypeError(f"endpoint must be a str, not {type(endpoint).__name__}")
+    if not endpoint:
+        raise ValueError("endpoint must not be empty")
     if "://" in endpoint:
         scheme = endpoint.split("://", 1)[0]
         if scheme not in ("tcp", "ipc", "inproc"):

@@ -177,3 +177,14 @@ def test_a_key_name_of_another_type_is_a_type_error(tmp_path):
     with pytest.raises(ValueError, match="^key name must be a plain file name"):
         generate_certificates(tmp_path, ".hidden")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_endpoint_of_another_type_is_a_type_error_and_an_empty_one_a_value_error():
+    from pyelevator_pool.connection import normalize_endpoint
+    assert normalize_endpoint("h:1") == "tcp://h:1"
+    for value in (None, 4141, b"h:1"):
+        with pytest.raises(TypeError, match="^endpoint must be a str, not "):
+            normalize_endpoint(value)  # type: ignore[arg-type]
+    for text in ("", "h", "udp://h:1"):
+        with pytest.raises(ValueError, match="endpoint"):
+            normalize_endpoint(text)
