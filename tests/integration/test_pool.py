@@ -595,7 +595,7 @@ def test_pool_argument_validation(kwargs, exc, words):
 
 
 @pytest.mark.parametrize("endpoint,exc", [
-    (None, TypeError), ("", TypeError), (4141, TypeError),
+    (None, TypeError), ("", ValueError), (4141, TypeError),
     ("localhost", ValueError), ("http://127.0.0.1:1", ValueError),
 ])
 def test_pool_endpoint_validation(endpoint, exc):
