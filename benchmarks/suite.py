@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .timing import (CpuMeter, code_version, interleaved, machine, machine_line, median,
                      percentile, rotated, spread, timed)
@@ -189,7 +189,8 @@ def bulk_records(workload: str, fns: Dict[str, Callable[[], Any]], items: int, r
         if check is not None and not self_timed:
             check(result)
         del result
-    runs = fns if self_timed else {impl: functools.partial(timed, fn) for impl, fn in fns.items()}
+    runs: Mapping[str, Callable[[], float]] = fns if self_timed else {
+        impl: functools.partial(timed, fn) for impl, fn in fns.items()}
     out = []
     for impl, ts in interleaved(runs, repeat).items():
         med = median(ts)
@@ -315,7 +316,7 @@ def thread_record(workload: str, impl: str, op: Callable[[bytes], Any], keys: Se
                   client_cpu_s=client_cpu, server_cpu_s=server_cpu, note=note)
 
 
-def loop_records(workload: str, bodies: Dict[str, Callable[[int], None]], ops: int, repeat: int,
+def loop_records(workload: str, bodies: Mapping[str, Callable[[int], None]], ops: int, repeat: int,
                  nthreads: int = 1, notes: Optional[Dict[str, str]] = None) -> List[Record]:
     """Time each ``body(n)`` (which does ``n`` operations) in ``nthreads`` threads at once,
     ``repeat`` times interleaved: seconds per operation of each run's wall time."""
@@ -592,7 +593,10 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             name = fresh_db()
             client = LegacyClient(endpoint, name, timeout=REQUEST_TIMEOUT, context=zctx)
             try:
-                return timed(lambda: [client.batch(chunk) for chunk in chunks])
+                def run() -> None:
+                    for chunk in chunks:
+                        client.batch(chunk)
+                return timed(run)
             finally:
                 client.close()
                 ele.dropdb(name)

@@ -9,7 +9,7 @@ import platform
 import statistics
 import subprocess
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 __all__ = ["timed", "median", "percentile", "spread", "rotated", "interleaved", "process_cpu",
            "CpuMeter", "machine", "machine_line", "code_version"]
@@ -64,7 +64,7 @@ def rotated(items: Sequence[T], round_: int) -> List[T]:
     return list(items[k:]) + list(items[:k])
 
 
-def interleaved(runs: Dict[str, Callable[[], float]], repeat: int) -> Dict[str, List[float]]:
+def interleaved(runs: Mapping[str, Callable[[], float]], repeat: int) -> Dict[str, List[float]]:
     """Call every one of ``runs`` (each returns the seconds it measured) ``repeat`` times,
     round r of all before round r+1 of any, in a rotating order: a burst of load from
     elsewhere on a shared machine falls on every implementation alike."""
