@@ -37,15 +37,8 @@ from .retry import RetryPolicy
 
 __all__ = ["load", "dump", "LoadReport", "BulkLoadError", "DEFAULT_BATCH_SIZE", "DEFAULT_WORKERS"]
 
-#: pairs per BATCH request. Measured with ``python -m benchmarks.bulk_load --sweep
-#: --pairs 500000 --repeat 3`` (16-byte keys, 48-byte random values, client and server
-#: on one 2-core machine shared with other work): CPU per pair, which is steady on a
-#: busy machine, falls from 0.35 (client) + 1.17 us (server) at 500 pairs to 0.20-0.29
-#: + 0.96-1.02 us at 2,000 and stays flat beyond (0.27 + 0.93 us at 10,000); wall
-#: rates at 1,000-5,000 were 0.74-0.87 of in-process plyvel, within the run-to-run
-#: noise of each other, and 10,000 was no faster (0.70-0.78). 2,000 is the smallest
-#: size on the flat part: a batch of about 140 kB, a small unit to retry and to hold
-#: in memory (at most 2 * workers + 1 batches).
+#: pairs per BATCH request: the smallest size where CPU per pair stops falling (the batch
+#: size sweep in benchmarks/README.rst), a small unit to retry and to hold in memory.
 DEFAULT_BATCH_SIZE = 2_000
 #: worker threads, i.e. batches in flight. Two keep the server busy with the next
 #: batch while a reply travels back: at 500 and 1,000 pairs a batch (where the round

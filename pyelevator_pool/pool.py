@@ -130,8 +130,8 @@ class ElevatorPool:
                               heartbeat_interval=self.heartbeat_interval, security=self._security,
                               connect_timeout=self.connect_timeout)
         except zmq.ZMQError as exc:
-            raise errors.ConnectionError(
-                f"cannot open a socket to {self.endpoint}: {exc}", request_sent=False) from exc
+            raise errors.from_zmq(exc, f"cannot open a socket to {self.endpoint}",
+                                  request_sent=False) from exc
 
     def _after_fork(self) -> None:
         # The child must never touch the parent's context (pyzmq refuses to from

@@ -7,7 +7,6 @@ loopback port sends exactly the frames a test needs (id-less failures, pages wit
 """
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from typing import Any, Callable, List, Optional, Tuple
@@ -18,10 +17,9 @@ import zmq
 
 from pyelevator_pool import (NO_RETRY, Elevator, ElevatorPool, ElevatorTimeout, RetryPolicy,
                              errors, protocol)
-from pyelevator_pool.gcpause import gc_paused
 from pyelevator_pool.testing import ServerProcess
 
-from rawclient import RawClient, run_forked, wait_until
+from rawclient import RawClient, wait_until
 
 JOIN = 10.0
 #: what a stub handler returns: (header, datas) pairs sent at once, in order
@@ -385,39 +383,6 @@ def test_mget_splits_on_the_err_detail_not_the_message_text(stub, closing):
     E.pool.facts.set_limits({})  # stale: the client believes there is no limit
     keys = [b"k%d" % i for i in range(1001)]
     assert E.MGet(keys) == keys
-
-
-# -------------------------------------------------------------- 11. fork safety, GC
-
-def test_a_child_forked_while_another_thread_pauses_the_gc_has_it_enabled():
-    gc.enable()
-    inside, leave = threading.Event(), threading.Event()
-
-    def pauser() -> None:
-        with gc_paused():
-            inside.set()
-            leave.wait(JOIN)
-
-    t = threading.Thread(target=pauser)
-    t.start()
-    try:
-        assert inside.wait(JOIN)
-        assert not gc.isenabled()
-        report, code = run_forked(lambda: {"enabled": gc.isenabled(),
-                                           "after": _pause_and_report()})
-        assert code == 0, report
-        assert report == {"enabled": True, "after": True}
-    finally:
-        leave.set()
-        t.join(JOIN)
-    assert gc.isenabled()
-
-
-def _pause_and_report() -> bool:
-    """In the child: a pause of its own must still work and end with the GC enabled."""
-    with gc_paused():
-        assert not gc.isenabled()
-    return gc.isenabled()
 
 
 # ------------------------------------------- reconnect interval vs connect_timeout
