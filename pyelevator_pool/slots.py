@@ -22,6 +22,7 @@ __all__ = ["SocketPool"]
 
 T = TypeVar("T")
 Conn = Any  # a Connection, or a test's fake: pid, is_tainted, last_used, ping(), close()
+_OPEN = object()  # granted: the right to open a socket in a free slot
 
 
 class _Waiter:
@@ -130,21 +131,36 @@ class SocketPool:
             return retired, drained
         while self._waiters:
             waiter = self._waiters[0]
-            if self._idle:
-                if waiter.prefer is not None and waiter.prefer in self._idle:
-                    del self._idle[waiter.prefer]
-                    waiter.conn = waiter.prefer
-                else:
-                    waiter.conn = self._idle.popitem()[0]
-            elif len(self._all) + self._opening < self.max_size:
-                self._opening += 1
+            granted = self._grant(waiter.prefer)
+            if granted is None:
+                break
+            if granted is _OPEN:
                 waiter.may_open = True
             else:
-                break
+                waiter.conn = granted
             self._waiters.popleft()
-            self._counts["checkouts"] += 1
             waiter.wake()
         return [], False
+
+    def _grant(self, prefer: Optional[Conn]) -> Any:
+        """For the next checkout (lock held): an idle socket (``prefer`` when it is idle),
+        else ``_OPEN`` while a slot is free, else None."""
+        if self._idle:
+            if prefer is not None and prefer in self._idle:
+                del self._idle[prefer]
+                granted = prefer
+            else:
+                granted = self._idle.popitem()[0]
+        elif len(self._all) + self._opening < self.max_size:
+            self._opening += 1
+            granted = _OPEN
+        else:
+            return None
+        self._counts["checkouts"] += 1
+        return granted
+
+    def _closed_error(self) -> errors.PoolClosed:
+        return errors.PoolClosed(f"pool for {self.name} is closed")
 
     def _transition(self, change: Callable[[], T]) -> T:
         """Apply ``change`` to the state, then :meth:`_assign`, under the lock; then close
@@ -152,11 +168,15 @@ class SocketPool:
         with self._lock:
             result = change()
             retired, drained = self._assign()
+        self._settle(retired, drained)
+        return result
+
+    def _settle(self, retired: List[Conn], drained: bool) -> None:
+        """After a transition, outside the lock: close what it retired, report a drain."""
         for conn in retired:
             conn.close()
         if drained:
             self._on_drained()
-        return result
 
     def _forget(self, conn: Conn) -> None:
         """``conn`` leaves the pool (lock held): its counters go to the tally."""
@@ -176,19 +196,21 @@ class SocketPool:
         self._check_fork()
         budget = self.checkout_timeout if timeout is None else timeout
         budget_end = time.monotonic() + budget
-        waiter = _Waiter(self._local.__dict__.get("conn"))
-
-        def enqueue() -> None:
+        prefer = self._local.__dict__.get("conn")
+        with self._lock:
             if self._closed:
-                raise errors.PoolClosed(f"pool for {self.name} is closed")
-            self._waiters.append(waiter)
-
-        self._transition(enqueue)
-        if not waiter.served:
+                raise self._closed_error()
+            # the head of an empty queue is served at once, without a waiter
+            granted: Any = None if self._waiters else self._grant(prefer)
+            if granted is None:
+                waiter = _Waiter(prefer)
+                self._waiters.append(waiter)
+        if granted is None:
             self._wait(waiter, budget)
-        if waiter.closed:
-            raise errors.PoolClosed(f"pool for {self.name} is closed")
-        conn = waiter.conn if waiter.conn is not None else self._open()
+            if waiter.closed:
+                raise self._closed_error()
+            granted = _OPEN if waiter.may_open else waiter.conn
+        conn: Conn = self._open() if granted is _OPEN else granted
         interval = self.health_check_interval
         if interval is not None and time.monotonic() - conn.last_used > interval:
             conn = self._health_check(conn, budget_end)
@@ -229,7 +251,7 @@ class SocketPool:
         self._transition(opened)
         if self._closed:
             self._retire(conn)
-            raise errors.PoolClosed(f"pool for {self.name} is closed")
+            raise self._closed_error()
         return conn
 
     def _health_check(self, conn: Conn, budget_end: float) -> Conn:
@@ -269,11 +291,11 @@ class SocketPool:
             self._retire(conn)
             return
 
-        def give_back() -> None:
+        with self._lock:
             if conn in self._all:  # else from before a close
                 self._idle[conn] = None
-
-        self._transition(give_back)
+            retired, drained = self._assign()
+        self._settle(retired, drained)
 
     def _retire(self, conn: Conn) -> None:
         def forget() -> None:
@@ -293,7 +315,7 @@ class SocketPool:
         if pin is None or self._pid != os.getpid():
             return None
         if self._closed:
-            raise errors.PoolClosed(f"pool for {self.name} is closed")
+            raise self._closed_error()
         return pin.conn
 
     def repin(self, conn: Conn) -> None:
