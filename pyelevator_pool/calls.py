@@ -50,14 +50,14 @@ class Caller:
     def _attempt(self, cmd: str, args: Sequence, uid: Optional[str], deadline: float,
                  compression: bool, stream: int) -> Reply:
         slots = self._slots
+        budget = min(slots.checkout_timeout, max(deadline - time.monotonic(), 0.0))
         conn = slots.pinned()
         if conn is not None:
             if conn.is_tainted:
-                conn = slots.replace(conn)
+                conn = slots.replace(conn, budget)
                 slots.repin(conn)
             return self._send(conn, cmd, args, uid, deadline, compression, stream)
-        remaining = deadline - time.monotonic()
-        conn = slots.checkout(min(slots.checkout_timeout, max(remaining, 0.0)))
+        conn = slots.checkout(budget)
         try:
             return self._send(conn, cmd, args, uid, deadline, compression, stream)
         finally:

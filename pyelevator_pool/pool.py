@@ -147,7 +147,7 @@ class ElevatorPool:
 
     def _live_context(self) -> zmq.Context:
         """This process's context: a fresh one in a forked child, never the parent's."""
-        self._slots.stats()  # notices a fork
+        self._slots.check_fork()
         return self._context
 
     def _terminate_context(self) -> None:

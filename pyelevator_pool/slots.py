@@ -103,7 +103,8 @@ class SocketPool:
                                       "health_checks"), 0)
         self._wait_time_total = 0.0
 
-    def _check_fork(self) -> None:
+    def check_fork(self) -> None:
+        """In a forked child, start afresh (once); elsewhere nothing."""
         # A child never touches the parent's sockets (pyzmq refuses to close them from
         # another pid): it forgets them and starts afresh.
         if self._pid != os.getpid():
@@ -193,7 +194,7 @@ class SocketPool:
         health check of an idle socket included. Raises PoolTimeout when none became
         free, PoolClosed after :meth:`close`.
         """
-        self._check_fork()
+        self.check_fork()
         budget = self.checkout_timeout if timeout is None else timeout
         budget_end = time.monotonic() + budget
         prefer = self._local.__dict__.get("conn")
@@ -263,8 +264,9 @@ class SocketPool:
             return conn
         return self.replace(conn)
 
-    def replace(self, conn: Conn) -> Conn:
-        """Close ``conn`` (checked out by this thread) and open another in its slot."""
+    def replace(self, conn: Conn, timeout: Optional[float] = None) -> Conn:
+        """Close ``conn`` (checked out by this thread) and open another in its slot, or
+        check one out within ``timeout`` when that slot was already given back."""
         def swap() -> bool:
             if conn not in self._all:
                 # its slot was given back when an earlier replacement failed to open
@@ -277,7 +279,7 @@ class SocketPool:
         holds_slot = self._transition(swap)
         conn.close()
         if not holds_slot:
-            return self.checkout()
+            return self.checkout(timeout)
         return self._open()
 
     # ------------------------------------------------------------------- checkin
@@ -348,7 +350,7 @@ class SocketPool:
         ``max_size``, ``waiting``, ``checkouts``, ``wait_time_total`` (seconds),
         ``checkout_timeouts``, ``replaced``, ``health_checks``, ``closed``, and each
         tallied counter summed over every socket."""
-        self._check_fork()
+        self.check_fork()
         with self._lock:
             out: Dict[str, Any] = {
                 "size": len(self._all), "in_use": len(self._all) - len(self._idle) + self._opening,
@@ -366,7 +368,7 @@ class SocketPool:
     def close(self) -> None:
         """Later checkouts raise PoolClosed, waiters are woken with it, idle sockets close
         now, sockets in use when their thread gives them back. Idempotent."""
-        self._check_fork()
+        self.check_fork()
 
         def shut() -> None:
             self._closed = True

@@ -257,3 +257,15 @@ def test_a_forked_child_starts_afresh_and_never_closes_the_parents_sockets():
     os.close(read)
     assert report == "True False 1 1"
     assert forks == [] and not parent_conn.closed and pool.stats()["in_use"] == 1
+
+
+def test_a_replacement_that_must_take_a_new_slot_waits_no_longer_than_its_timeout():
+    pool, factory, _ = make(max_size=1)  # checkout_timeout is 30 s
+    conn = pool.checkout()
+    factory.fail_next = 1
+    with pytest.raises(OSError):
+        pool.replace(conn)
+    other = pool.checkout()  # the slot given back is taken by another checkout
+    with pytest.raises(PoolTimeout, match="within 0s"):
+        pool.replace(conn, timeout=0)  # the caller's budget, not the pool's 30 s
+    assert pool.stats()["in_use"] == 1 and other is factory.made[1]
