@@ -27,8 +27,7 @@ def parse_limits(reply: Reply) -> Dict[str, int]:
 
 class ServerFacts:
     def __init__(self) -> None:
-        self._uid_lock = threading.Lock()  # held while a uid is resolved: one DBCONNECT
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # never held across a request
         self._uids: Dict[str, str] = {}
         self._limits: Optional[Dict[str, int]] = None
 
@@ -37,13 +36,15 @@ class ServerFacts:
     def uid(self, name: str, resolve: Callable[[str], str], *,
             stale: Optional[str] = None) -> str:
         """The uid of database ``name``, resolved with ``resolve(name)`` (a DBCONNECT) when
-        unknown or when the cached one is ``stale`` (the server no longer knows it)."""
-        with self._uid_lock:
+        unknown or when the cached one is ``stale`` (the server no longer knows it).
+        Threads resolving at once each send their DBCONNECT (it is idempotent) rather
+        than one slow DBCONNECT holding up every database's clients on the pool."""
+        with self._lock:
             uid = self._uids.get(name)
-            if uid is None or uid == stale:
-                uid = resolve(name)
-                with self._lock:
-                    self._uids[name] = uid
+        if uid is None or uid == stale:
+            uid = resolve(name)
+            with self._lock:
+                self._uids[name] = uid
         return uid
 
     def known_uid(self, name: str) -> Optional[str]:
