@@ -423,12 +423,13 @@ class Elevator:
         _check_flags(include_key, include_value)
         if count == 0:
             return []
+        start = check.optional_bytes(key_from, "key_from")
         maximum = self._limit("max_items", count, timeout)
         if maximum is not None:
-            pages = self._range_pages(check.optional_bytes(key_from, "key_from"), None, None, include_key,
-                                      include_value, min(maximum, _LIMIT_PAGE), timeout)
+            pages = self._range_pages(start, None, None, include_key, include_value,
+                                      min(maximum, _LIMIT_PAGE), timeout)
             return list(itertools.islice(pages, count))
-        args = [check.optional_bytes(key_from, "key_from"), count, include_key, include_value]
+        args = [start, count, include_key, include_value]
         items = self._call(protocol.SLICE, args, timeout=timeout, compression=compression,
                            stream=STREAM_PAGE if count > STREAM_PAGE else 0).datas
         return self._out_items(items or [], include_key, include_value)
