@@ -1,8 +1,8 @@
 """One pause of the cyclic garbage collector, for the client and the server.
 
 Building or unpacking a 100k-item structure (a BATCH's ops, a RANGE's pairs) triggers
-collection after collection that find nothing: unpacking 100k pairs measured 99 ms with
-the GC on and 25 ms with it off. :func:`gc_paused` turns it off for such a stretch.
+collection after collection that find nothing (the Range and WriteBatch rows of
+``python -m benchmarks`` show the cost). :func:`gc_paused` turns it off for such a stretch.
 
 The collector is one switch for the whole process, so the pausers are counted under a
 lock: it is turned off by the first one and put back by the last one to leave, in the
