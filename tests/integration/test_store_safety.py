@@ -82,18 +82,25 @@ def root(tmp_path):
 
 # ------------------------------------------------ guarantee 4: never an empty replacement
 
+def _restart_without_current(srv: ServerProcess, data: str, name: str, n: int):
+    """Fill database ``name`` with ``n`` keys, stop the server, delete its CURRENT file and
+    start again; returns its path and its table files' (count, bytes) before."""
+    fill(srv.endpoint, name, n)
+    srv.terminate()
+    path = os.path.join(data, "dbs", name)
+    before = tables(path)
+    assert before[0] > 0
+    os.unlink(os.path.join(path, "CURRENT"))
+    srv.start()
+    return path, before
+
+
 def test_missing_current_is_an_error_not_an_empty_database_and_repair_by_name_recovers(data):
     srv = ServerProcess(data).start()
     try:
         with RawClient(srv.endpoint) as c:
             ok(c.call(protocol.DBCREATE, ["big"]))
-        fill(srv.endpoint, "big", 60_000)
-        srv.terminate()
-        path = os.path.join(data, "dbs", "big")
-        before = tables(path)
-        assert before[0] > 0
-        os.unlink(os.path.join(path, "CURRENT"))
-        srv.start()
+        path, before = _restart_without_current(srv, data, "big", 60_000)
         with RawClient(srv.endpoint) as c:
             msg = failed(c.call(protocol.DBCONNECT, ["big"]))
             assert "big" in msg
@@ -155,13 +162,7 @@ def test_removed_directory_is_not_recreated(data):
 def test_default_with_missing_current_is_not_replaced(data):
     srv = ServerProcess(data).start()
     try:
-        fill(srv.endpoint, "default", 30_000)
-        srv.terminate()
-        path = os.path.join(data, "dbs", "default")
-        before = tables(path)
-        assert before[0] > 0
-        os.unlink(os.path.join(path, "CURRENT"))
-        srv.start()
+        path, before = _restart_without_current(srv, data, "default", 30_000)
         with RawClient(srv.endpoint) as c:
             assert "default" in failed(c.call(protocol.DBCONNECT, ["default"]))
             assert tables(path) == before
