@@ -277,6 +277,11 @@ def test_connection_meets_random_replies_with_protocol_errors_only(peer, make):
         except errors.ProtocolError:
             OUTCOMES["client:ProtocolError"] += 1
             assert conn.is_tainted
+        except errors.AuthenticationError:
+            # a well-formed AUTH failure with this request's id (err_code 10): the key is
+            # refused, and the socket is not used again
+            OUTCOMES["client:AuthenticationError"] += 1
+            assert conn.is_tainted
         except errors.ElevatorTimeout:
             OUTCOMES["client:ElevatorTimeout"] += 1  # nothing that answers this request came
         else:
@@ -290,3 +295,20 @@ def test_connection_meets_random_replies_with_protocol_errors_only(peer, make):
         conn.close()
         while not p.answers.empty():  # an answer left unused (no request reached the peer)
             p.answers.get_nowait()
+
+
+def test_an_auth_failure_with_the_requests_id_is_an_authentication_error(peer):
+    """The case the random replies above meet now and then: a well-formed AUTH failure
+    (err_code 10) answering this very request is the key's refusal, not a protocol error."""
+    p, ctx = peer
+    conn = Connection(ctx, p.endpoint, heartbeat_interval=0)
+    try:
+        p.answers.put(lambda rid: [
+            msgpack.packb({"status": -1, "err_code": int(ErrorCode.AUTH), "err_msg": "refused",
+                           "id": rid}, use_bin_type=True),
+            msgpack.packb({"datas": None}, use_bin_type=True)])
+        with pytest.raises(errors.AuthenticationError, match="refused"):
+            conn.request(protocol.GET, [b"k"], "uid", timeout=5.0)
+        assert conn.is_tainted
+    finally:
+        conn.close()
