@@ -5,7 +5,8 @@ The client knows commands and argument shapes; it knows nothing of sockets.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import args as check
 from . import errors, protocol
@@ -32,7 +33,16 @@ LIMITS_MATTER = 1000
 _LIMIT_PAGE = 10 * RANGE_ITER_PAGE
 
 
+#: an MGet of at most this many keys may be merged with concurrent reads (a larger one
+#: gains nothing from company and would hold the others' answers back).
+MERGED_MGET = 64
+
 _ONLY_BYTES = {bytes}
+
+
+def _left(deadline: float) -> float:
+    """The time left until ``deadline``, as a call's timeout (which must be > 0)."""
+    return max(deadline - time.monotonic(), 1e-6)
 
 
 def _check_flags(include_key: bool, include_value: bool) -> None:
@@ -69,6 +79,10 @@ class Elevator:
     :param decode_responses: return keys, values and names as ``str`` (UTF-8) instead
         of ``bytes``.
     :param compression: ask for lz4-compressed replies by default (needs ``lz4``).
+    :param coalesce: merge this client's ``Get``/``Exists``/small ``MGet`` calls with
+        other threads' concurrent ones into one MGET, and ``Put``/``Delete`` into one
+        BATCH, while a request of the database is in flight (a lone caller sends its
+        own request). Default: the pool's ``coalesce`` (True).
     :param pool_options: passed to the private :class:`ElevatorPool` (``max_size``,
         ``checkout_timeout``, ``health_check_interval``, ``retry``, ...).
 
@@ -79,11 +93,14 @@ class Elevator:
     def __init__(self, db_name: Optional[str] = None, *, endpoint: Optional[str] = None,
                  transport: Optional[str] = None, timeout: Optional[float] = None,
                  pool: Optional[ElevatorPool] = None, decode_responses: bool = False,
-                 compression: bool = False, **pool_options: Any) -> None:
+                 compression: bool = False, coalesce: Optional[bool] = None,
+                 **pool_options: Any) -> None:
         name = "default" if db_name is None else check.db_name(db_name)
         check.timeout(timeout)
         check.boolean("decode_responses", decode_responses)
         check.boolean("compression", compression)
+        if coalesce is not None:
+            check.boolean("coalesce", coalesce)
         if compression:
             self._require_lz4()
         if pool is None:
@@ -102,6 +119,7 @@ class Elevator:
                                  "not to an Elevator that shares it")
             self._owns_pool = False
         self._pool = pool
+        self.coalesce: bool = pool.coalesce if coalesce is None else coalesce
         self.timeout = timeout
         self.decode_responses = decode_responses
         self.compression = compression
@@ -162,9 +180,10 @@ class Elevator:
 
     def _call(self, cmd: str, args: Sequence, *, timeout: Optional[float] = None,
               compression: Optional[bool] = None, is_write: bool = False,
-              stream: int = 0) -> protocol.Reply:
-        """A data command on the bound database; refreshes a uid the server forgot."""
-        name, uid = self._binding
+              stream: int = 0, binding: Optional[Tuple[str, str]] = None) -> protocol.Reply:
+        """A data command on the bound database (or ``binding``, a name and its uid);
+        refreshes a uid the server forgot."""
+        name, uid = self._binding if binding is None else binding
         reply = self._request(cmd, args, uid, timeout, compression, is_write=is_write,
                               stream=stream)
         if reply.status == Status.FAILURE and reply.detail and "unknown_uid" in reply.detail:
@@ -228,6 +247,11 @@ class Elevator:
         if self.decode_responses and isinstance(value, bytes):
             return value.decode("utf-8")
         return value
+
+    def _out_values(self, values: List[Optional[bytes]]) -> List[Any]:
+        if self.decode_responses:
+            return [None if v is None else v.decode("utf-8") for v in values]
+        return values
 
     def _out_items(self, items: List, include_key: bool, include_value: bool) -> List:
         if not self.decode_responses:
@@ -318,8 +342,18 @@ class Elevator:
 
         Raises ElevatorKeyError (a ``KeyError``) when the key does not exist.
         """
-        reply = self._call(protocol.GET, [to_bytes(key)], timeout=timeout, compression=compression)
-        return self._out(reply.datas[0])
+        bkey = to_bytes(key)
+        if not self._merges():
+            reply = self._call(protocol.GET, [bkey], timeout=timeout, compression=compression)
+            return self._out(reply.datas[0])
+        deadline = self._deadline(timeout)
+        value = self._read(protocol.GET, [bkey], True, deadline, lambda: self._call(
+            protocol.GET, [bkey], timeout=_left(deadline), compression=compression).datas)[0]
+        if value is None:  # a merged MGET's answer for a missing key: GET's error
+            raise errors.error_from_reply(
+                errors.ErrorCode.KEY, f"Key {bkey!r} does not exist", command=protocol.GET,
+                db=self.db_name, endpoint=self._pool.endpoint)
+        return self._out(value)
 
     def MGet(self, keys: Sequence[Key], fill_cache: bool = False, *,
              timeout: Optional[float] = None, compression: Optional[bool] = None) -> List[Any]:
@@ -338,6 +372,12 @@ class Elevator:
         bkeys = keys if set(map(type, keys)) == _ONLY_BYTES else [to_bytes(k) for k in keys]
         if not bkeys:
             return []
+        if len(bkeys) <= MERGED_MGET and self._merges():
+            deadline = self._deadline(timeout)
+            values = self._read(protocol.MGET, bkeys, fill_cache, deadline, lambda: self._call(
+                protocol.MGET, [bkeys, fill_cache], timeout=_left(deadline),
+                compression=compression).datas)
+            return self._out_values(values)
         chunk = self._limit("max_keys", len(bkeys), timeout)
         if chunk is None:
             try:
@@ -354,27 +394,89 @@ class Elevator:
             for i in range(0, len(bkeys), chunk):
                 values.extend(self._call(protocol.MGET, [bkeys[i:i + chunk], fill_cache],
                                          timeout=timeout, compression=compression).datas)
-        if self.decode_responses:
-            return [None if v is None else v.decode("utf-8") for v in values]
-        return values
+        return self._out_values(values)
 
     def Put(self, key: Key, value: Value, *, timeout: Optional[float] = None) -> None:
         """Store ``value`` under ``key``. Acknowledged once LevelDB accepted it.
 
         Raises LimitExceeded, before sending, when the request is larger than the
         server's max_message_size."""
-        self._call(protocol.PUT, [to_bytes(key), to_bytes(value, "value")], timeout=timeout,
-                   is_write=True)
+        bkey, bvalue = to_bytes(key), to_bytes(value, "value")
+        if not self._merges():
+            self._call(protocol.PUT, [bkey, bvalue], timeout=timeout, is_write=True)
+            return
+        deadline = self._deadline(timeout)
+        self._write(protocol.PUT, (protocol.BATCH_PUT, bkey, bvalue), len(bkey) + len(bvalue),
+                    deadline, lambda: self._call(protocol.PUT, [bkey, bvalue],
+                                                 timeout=_left(deadline), is_write=True))
 
     def Delete(self, key: Key, *, timeout: Optional[float] = None) -> None:
         """Delete ``key`` (no error when it does not exist)."""
-        self._call(protocol.DELETE, [to_bytes(key)], timeout=timeout, is_write=True)
+        bkey = to_bytes(key)
+        if not self._merges():
+            self._call(protocol.DELETE, [bkey], timeout=timeout, is_write=True)
+            return
+        deadline = self._deadline(timeout)
+        self._write(protocol.DELETE, (protocol.BATCH_DELETE, bkey), len(bkey), deadline,
+                    lambda: self._call(protocol.DELETE, [bkey], timeout=_left(deadline),
+                                       is_write=True))
 
     def Exists(self, key: Key, *, timeout: Optional[float] = None) -> bool:
         """Whether ``key`` exists."""
-        datas = self._call(protocol.EXISTS, [to_bytes(key)], timeout=timeout).datas
+        bkey = to_bytes(key)
+        if not self._merges():
+            return self._exists(bkey, timeout)
+        deadline = self._deadline(timeout)
+        found = self._read(protocol.EXISTS, [bkey], True, deadline, lambda: [
+            b"" if self._exists(bkey, _left(deadline)) else None])
+        return found[0] is not None
+
+    def _exists(self, bkey: bytes, timeout: Optional[float]) -> bool:
+        datas = self._call(protocol.EXISTS, [bkey], timeout=timeout).datas
         # The original server answers [true] or a bare false; this project's [false].
         return bool(datas) and bool(datas[0])
+
+    # ------------------------------------------------------------- coalescing
+
+    def _merges(self) -> bool:
+        """Whether this call may be merged with other threads' (a thread that pinned a
+        socket with ``pool.connection()`` keeps every call on it)."""
+        return self.coalesce and not self._pool.pinned()
+
+    def _deadline(self, timeout: Optional[float]) -> float:
+        check.timeout(timeout)
+        if timeout is None:
+            timeout = self._pool.timeout if self.timeout is None else self.timeout
+        return time.monotonic() + timeout
+
+    def _read(self, cmd: str, keys: Sequence[bytes], fill_cache: bool, deadline: float,
+              alone: Callable[[], List[Optional[bytes]]]) -> List[Optional[bytes]]:
+        """The values of ``keys`` (None where missing): ``alone()`` when no read of this
+        database is in flight, else this call's share of one MGET with the concurrent
+        reads of other threads (same ``fill_cache``; GET's is True)."""
+        binding = self._binding
+
+        def merged(flat: List[bytes], deadline: float) -> List[Optional[bytes]]:
+            values: List[Optional[bytes]] = self._call(
+                protocol.MGET, [flat, fill_cache], timeout=_left(deadline),
+                binding=binding).datas
+            return values
+
+        return self._pool.reads.call((binding, fill_cache), keys, sum(map(len, keys)), deadline,
+                                     alone, merged, f"{cmd} to {self._pool.endpoint}")
+
+    def _write(self, cmd: str, op: tuple, size: int, deadline: float,
+               alone: Callable[[], Any]) -> None:
+        """``alone()`` when no write of this database is in flight, else ``op`` sent in one
+        BATCH with the concurrent writes of other threads, in the order they queued."""
+        binding = self._binding
+
+        def merged(ops: List[tuple], deadline: float) -> None:
+            self._call(protocol.BATCH, [ops], timeout=_left(deadline), is_write=True,
+                       binding=binding)
+
+        self._pool.writes.call(binding, [op], size, deadline, alone, merged,
+                               f"{cmd} to {self._pool.endpoint}")
 
     def Range(self, start: Optional[Key] = None, limit: Union[Key, int, None] = None, *,
               include_key: bool = True, include_value: bool = True,

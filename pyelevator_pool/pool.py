@@ -15,6 +15,7 @@ import zmq
 from . import args as check
 from . import errors
 from .calls import Caller
+from .coalesce import Coalescer
 from .connection import Connection, normalize_endpoint
 from .facts import ServerFacts
 from .protocol import Reply
@@ -23,6 +24,11 @@ from .security import CurveKeys
 from .slots import SocketPool
 
 __all__ = ["ElevatorPool"]
+
+#: merged reads of one database in flight at once: the server reads one while the
+#: client sends or answers the other (benchmarks/README.rst, coalescing).
+READS_IN_FLIGHT = 2
+ALONE_IN_FLIGHT = 8
 
 
 class ElevatorPool:
@@ -57,6 +63,11 @@ class ElevatorPool:
         terminates it on :meth:`close`.
     :param security: a callable applied to every new socket before it connects (the
         CURVE options, for instance).
+    :param coalesce: the default of this pool's clients (``Elevator(coalesce=)``): while
+        one request of a database is in flight, concurrent ``Get``/``Exists``/small
+        ``MGet`` calls of other threads wait and go as one MGET, and concurrent
+        ``Put``/``Delete`` calls as one BATCH; each call keeps its own deadline, result
+        and error. Default True.
     :param curve: a :class:`CurveKeys` (the server's public key and this client's key
         pair) for a server started with ``--curve-secret-key``: traffic is encrypted and
         the server checks this client's key. A refused key raises AuthenticationError
@@ -70,7 +81,7 @@ class ElevatorPool:
                  connect_timeout: float = 0.5,
                  context: Optional[zmq.Context] = None,
                  security: Optional[Callable[[zmq.Socket], None]] = None,
-                 curve: Optional[CurveKeys] = None) -> None:
+                 curve: Optional[CurveKeys] = None, coalesce: bool = True) -> None:
         self.endpoint = normalize_endpoint(endpoint, transport)
         if curve is not None:
             if not isinstance(curve, CurveKeys):
@@ -85,6 +96,7 @@ class ElevatorPool:
             check.number("health_check_interval", health_check_interval, inclusive=True)
         check.number("heartbeat_interval", heartbeat_interval, inclusive=True)
         check.number("connect_timeout", connect_timeout)
+        check.boolean("coalesce", coalesce)
         if retry is None:
             retry = RetryPolicy()
         elif not isinstance(retry, RetryPolicy):
@@ -113,6 +125,11 @@ class ElevatorPool:
             on_fork=self._after_fork, on_drained=self._terminate_context)
         self._caller = Caller(self._slots, self.facts, retry=retry,
                               connect_timeout=self.connect_timeout)
+        self.coalesce = coalesce
+        #: what merges the concurrent calls of the clients that coalesce: reads may have
+        #: two requests in flight, writes one, so that they apply in the order queued.
+        self.reads = Coalescer(max_alone=ALONE_IN_FLIGHT, max_in_flight=READS_IN_FLIGHT)
+        self.writes = Coalescer(max_alone=ALONE_IN_FLIGHT, max_in_flight=1)
 
     @property
     def retry(self) -> RetryPolicy:
@@ -205,6 +222,10 @@ class ElevatorPool:
         return self._caller.request(cmd, args, uid, timeout=budget, compression=compression,
                                     idempotent=idempotent, is_write=is_write, stream=stream)
 
+    def pinned(self) -> bool:
+        """Whether the calling thread has a socket pinned by :meth:`connection`."""
+        return self._slots.pinned() is not None
+
     def derive(self, **overrides: Any) -> "ElevatorPool":
         """A new pool to the same server with this one's settings (its context, its CURVE
         keys or ``security``, its retry policy and timeouts), ``overrides`` applied
@@ -216,7 +237,7 @@ class ElevatorPool:
             "checkout_timeout": self.checkout_timeout,
             "health_check_interval": self.health_check_interval, "retry": self.retry,
             "heartbeat_interval": self.heartbeat_interval,
-            "connect_timeout": self.connect_timeout}
+            "connect_timeout": self.connect_timeout, "coalesce": self.coalesce}
         unknown = sorted(set(overrides) - set(options))
         if unknown:
             raise TypeError(f"derive() got options ElevatorPool does not take or that a "
@@ -233,10 +254,15 @@ class ElevatorPool:
         in time), ``checkout_timeouts``, ``retries``, ``replaced``, ``health_checks``,
         ``stale_replies`` (late replies recognised by id and dropped), ``server_timeouts``
         (timeouts that were the server's TIMEOUT answer: not started in time, nothing done;
-        such a call leaves no late reply), ``closed``."""
+        such a call leaves no late reply), ``merged_calls`` (calls answered by a merged
+        request) and ``merged_requests`` (the merged requests sent for them), ``queued``
+        (calls waiting now to be merged), ``closed``."""
         out = self._slots.stats()
-        out["timeouts"] = self._caller.timeouts
+        out["timeouts"] = self._caller.timeouts + self.reads.timeouts + self.writes.timeouts
         out["retries"] = self._caller.retries
+        out["merged_calls"] = self.reads.merged_calls + self.writes.merged_calls
+        out["merged_requests"] = self.reads.merged_requests + self.writes.merged_requests
+        out["queued"] = self.reads.queued() + self.writes.queued()
         return out
 
     def __repr__(self) -> str:

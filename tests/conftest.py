@@ -55,14 +55,15 @@ def admin(server):
     client.close()
 
 
-@pytest.fixture
+@pytest.fixture(params=[True, False], ids=["coalesce", "plain"])
 def db(admin, request):
     """A client bound to a fresh database of the test's own on the module's server,
-    sharing the admin client's pool; the database is dropped afterwards."""
+    sharing the admin client's pool; the database is dropped afterwards. Every test
+    runs with coalescing on (the default) and off."""
     name = "t_" + re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:80]
     if name in admin.listdb():
         admin.dropdb(name)
     admin.createdb(name)
-    client = Elevator(name, pool=admin.pool)
+    client = Elevator(name, pool=admin.pool, coalesce=request.param)
     yield client
     admin.dropdb(name)

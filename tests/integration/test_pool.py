@@ -129,7 +129,8 @@ def test_64_threads_mixed_ops_through_one_shared_elevator_every_answer_checked(m
     stats = pool.stats()
     assert stats["size"] <= 16 and stats["in_use"] == 0 and stats["waiting"] == 0
     assert stats["timeouts"] == 0 and stats["retries"] == 0
-    assert stats["checkouts"] >= 64 * rounds
+    # every call checked a socket out, or was answered by a merged request that did
+    assert stats["checkouts"] + stats["merged_calls"] - stats["merged_requests"] >= 64 * rounds
 
 
 def test_open_tcp_connections_never_exceed_max_size_under_load(make_pool, server):
