@@ -217,7 +217,7 @@ class LegacyClient:
     """The original py-elevator design: one DEALER socket for every thread, a lock
     around each request, one request in flight, no ids, no GC care, no pool.
 
-    Only what the suite measures: get, mget, range, slice, range_iter, batch.
+    Only what the suite measures: get, put, mget, range, slice, range_iter, batch.
     Raises TimeoutError when no reply comes within ``timeout`` (and replaces the
     socket, as the original had to).
     """
@@ -256,6 +256,9 @@ class LegacyClient:
 
     def get(self, key: bytes) -> bytes:
         return self._send("GET", [key], self.uid)[0]
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._send("PUT", [key, value], self.uid)
 
     def mget(self, keys: List[bytes]) -> List[Optional[bytes]]:
         return self._send("MGET", [keys], self.uid)

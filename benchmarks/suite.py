@@ -145,6 +145,8 @@ class Implementation:
 IMPLEMENTATIONS = {
     "plyvel": Implementation("plyvel", "plyvel, in-process (the limit)"),
     "pyelevator": Implementation("pyelevator", "pyelevator_pool (shared Elevator, socket pool)"),
+    "pyelevator-plain": Implementation("pyelevator-plain",
+                                       "pyelevator_pool with coalesce=False (one request per call)"),
     "original": Implementation("original", "original py-elevator design (1 socket + lock)"),
     "redis": Implementation("redis", "redis-py + hiredis, real redis-server"),
     "zmq-echo": Implementation("zmq-echo", "raw ZeroMQ DEALER->ROUTER echo (network floor)"),
@@ -457,6 +459,7 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
                 ele.createdb(name)
         ele.connect(BENCH_DB)
         ele_batch = Elevator(BATCH_DB, pool=ele.pool, timeout=REQUEST_TIMEOUT)
+        ele_plain = Elevator(BENCH_DB, pool=ele.pool, timeout=REQUEST_TIMEOUT, coalesce=False)
 
         zctx = zmq.Context()
         cleanups.append(lambda: zctx.term())
@@ -496,9 +499,11 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             log("note: " + note)
 
         impls = ["plyvel", "pyelevator", "original"] + (["redis"] if rds is not None else [])
+        thread_impls = impls[:2] + ["pyelevator-plain"] + impls[2:]
+        put_threads = [t for t in options.threads if t >= 16] or [max(options.threads)]
         steps = (6 * len(impls) + 1              # bulk workloads; the data's loading
                  + len(impls) + 1                # single Get (+ echo)
-                 + len(options.threads) * len(impls)
+                 + (len(options.threads) + len(put_threads)) * len(thread_impls)
                  + 2 * (2 if rds is not None else 1))
         progress = _Progress(steps, options.progress)
         cleanups.insert(0, progress.close)
@@ -700,6 +705,7 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
             "plyvel": ldb.get, "pyelevator": ele.Get, "original": legacy.get}
         if rds is not None:
             get_fns["redis"] = rds.get
+        thread_get_fns = dict(get_fns, **{"pyelevator-plain": ele_plain.Get})
         # The echo's frames are encoded beforehand: the floor is the network, not msgpack.
         echo_frames = {k: protocol.encode_request("GET", [k], get_frame_uid, id=1)
                        for k in set(get_keys)}
@@ -713,11 +719,27 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
                                    "recv, as a client must)"}):
             add(rec)
 
-        # ----- N threads, random Gets through one shared client
+        # ----- N threads, random Gets (then Puts) through one shared client
+        pids["pyelevator-plain"] = server_pid
         for nthreads in options.threads:
-            for impl in impls:
+            for impl in thread_impls:
                 progress.step(f"Get x{nthreads} threads {impl}")
-                add(thread_record(f"Get x{nthreads} threads", impl, get_fns[impl], keys,
+                add(thread_record(f"Get x{nthreads} threads", impl, thread_get_fns[impl], keys,
+                                  nthreads, options.thread_seconds, options.seed,
+                                  server_pid=pids.get(impl)))
+        # A Put writes back the value the key already has: every later read sees the data.
+        value_of = dict(pairs)
+        put_fns: Dict[str, Callable[[bytes], Any]] = {
+            "plyvel": lambda k: ldb.put(k, value_of[k]),
+            "pyelevator": lambda k: ele.Put(k, value_of[k]),
+            "pyelevator-plain": lambda k: ele_plain.Put(k, value_of[k]),
+            "original": lambda k: legacy.put(k, value_of[k])}
+        if rds is not None:
+            put_fns["redis"] = lambda k: rds.set(k, value_of[k])
+        for nthreads in put_threads:
+            for impl in thread_impls:
+                progress.step(f"Put x{nthreads} threads {impl}")
+                add(thread_record(f"Put x{nthreads} threads", impl, put_fns[impl], keys,
                                   nthreads, options.thread_seconds, options.seed,
                                   server_pid=pids.get(impl)))
 

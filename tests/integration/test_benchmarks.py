@@ -85,6 +85,8 @@ def test_smoke_run_has_a_record_per_workload_and_implementation(embedded):
     assert recs[("Get", "zmq-echo")]["p99_s"] >= recs[("Get", "zmq-echo")]["median_s"]
     assert recs[("Get", "plyvel")]["ratio"] == 1.0
     assert recs[("Get x4 threads", "pyelevator")]["threads"] == 4
+    for workload in ("Get x1 threads", "Get x4 threads", "Put x4 threads"):
+        assert recs[(workload, "pyelevator-plain")]["items_per_s"] > 0  # coalesce=False
     assert recs[("checkout+checkin", "pyelevator")]["median_s"] > 0
     assert recs[("checkout+checkin x8 threads", "pyelevator")]["threads"] == 8
 
@@ -94,7 +96,7 @@ def test_smoke_run_evaluates_every_target_and_writes_the_chart(embedded):
     names = [t["target"] for t in data["targets"]]
     assert names == [t.name for t in report.TARGETS]
     for t in data["targets"]:
-        if t["target"] == "16-thread Gets":
+        if t["workload"] in ("Get x16 threads", "Get x64 threads", "Put x16 threads"):
             continue  # the smoke preset runs 1 and 4 threads only
         assert t["met"] in (True, False) and t["measured"] is not None
     assert data["meta"]["options"]["preset"] == "smoke"
