@@ -37,7 +37,7 @@ import time
 from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple,
                     TypedDict)
 
-from . import errors
+from . import __version__, errors
 from .args import integer, number
 from .argparsing import Parser, arg_type
 from .bulk import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, BulkLoadError, dump, load
@@ -732,6 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: $ELEVATOR_CURVE_CLIENT_KEY)")
     p = Parser(prog=PROG, parents=[common], description="Command-line client of an Elevator "
                 "key-value server.", epilog="Run 'elevator COMMAND --help' for a command's options.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
