@@ -37,7 +37,7 @@ import time
 from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple,
                     TypedDict)
 
-from . import errors
+from . import __version__, errors
 from .args import integer, number
 from .argparsing import Parser, arg_type
 from .bulk import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, BulkLoadError, dump, load
@@ -164,6 +164,19 @@ def _s(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+# csv before Python 3.11 refuses NUL (reader) or cannot write it unquoted (writer), so
+# NUL crosses the csv module as a lone high surrogate, which surrogateescape text never holds.
+_NUL, _NUL_STANDIN = "\x00", "\ud800"
+
+
+def _hide_nul(text: str) -> str:
+    return text.replace(_NUL, _NUL_STANDIN) if _NUL in text else text
+
+
+def _show_nul(text: str) -> str:
+    return text.replace(_NUL_STANDIN, _NUL) if _NUL_STANDIN in text else text
+
+
 def read_pairs(stream: IO[bytes], fmt: str, source: str = "-",
                on_bad: Optional[Callable[[BadLine], None]] = None, *,
                max_line_size: int = DEFAULT_MAX_LINE_SIZE) -> Iterator[Tuple[bytes, bytes]]:
@@ -236,7 +249,7 @@ def _read_jsonl(lines: _Lines, source: str) -> Iterator[Any]:
 def _read_csv(lines: _Lines, source: str, delimiter: str) -> Iterator[Any]:
     # csv's reader starts each record afresh, so after a csv.Error it goes on at the
     # next physical line: the bad record is its lines up to where the error was found.
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    reader = csv.reader(map(_hide_nul, lines), delimiter=delimiter, strict=True)
     name = _fmt_name(delimiter)
     while True:
         start = lines.lineno + 1
@@ -264,7 +277,7 @@ def _read_csv(lines: _Lines, source: str, delimiter: str) -> Iterator[Any]:
             yield BadLine(source, start, f"expected 2 columns (key, value), found {len(row)}",
                           last=lines.lineno)
             continue
-        yield _b(row[0]), _b(row[1])
+        yield _b(_show_nul(row[0])), _b(_show_nul(row[1]))
 
 
 def _fmt_name(delimiter: str) -> str:
@@ -279,7 +292,7 @@ class _LineFeedRows:
         self._write = out.write
 
     def write(self, row: str) -> Any:
-        return self._write(row[:-2] + "\n")
+        return self._write(_show_nul(row[:-2]) + "\n")
 
 
 def write_pairs(out: IO[str], fmt: str) -> Callable[[bytes, bytes], None]:
@@ -298,7 +311,7 @@ def write_pairs(out: IO[str], fmt: str) -> Callable[[bytes, bytes], None]:
         writerow = writer.writerow
 
         def row(key: bytes, value: bytes) -> None:
-            writerow((_s(key), _s(value)))
+            writerow((_hide_nul(_s(key)), _hide_nul(_s(value))))
         return row
     raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
 
@@ -719,6 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: $ELEVATOR_CURVE_CLIENT_KEY)")
     p = Parser(prog=PROG, parents=[common], description="Command-line client of an Elevator "
                 "key-value server.", epilog="Run 'elevator COMMAND --help' for a command's options.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 

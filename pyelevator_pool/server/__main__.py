@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Callable, List, Optional
 
-from .. import protocol
+from .. import __version__, protocol
 from ..args import integer, number
 from ..argparsing import Parser, arg_type
 from .handlers import DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE, MIN_LIMIT
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "ROUTER socket (msgpack protocol).",
                 epilog="'elevator-server keygen DIR [--name NAME]' writes a CURVE key pair "
                        "(NAME.key, NAME.key_secret) for --curve-secret-key and clients.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--bind", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, loopback only)")
     p.add_argument("--port", type=_port, default=4141,

@@ -42,9 +42,10 @@ def canonical(fmt: str, pairs) -> bytes:
     # RFC 4180 quoting with \n line ends (pairs holding a \r are left to another test:
     # this writer would not quote them).
     writer = csv.writer(buf, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+    # csv before 3.11 cannot write NUL unquoted (3.11's form): a stand-in crosses it.
     for k, v in pairs:
-        writer.writerow([_text(k), _text(v)])
-    out = buf.getvalue()
+        writer.writerow([_text(k).replace("\x00", "\ud800"), _text(v).replace("\x00", "\ud800")])
+    out = buf.getvalue().replace("\ud800", "\x00")
     return out.encode("utf-8", "surrogateescape")
 
 
