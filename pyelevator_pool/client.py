@@ -12,6 +12,7 @@ from . import args as check
 from . import errors, protocol
 from .args import Key, Value, to_bytes
 from .batch import PendingWrites
+from .decoding import check_errors, decode
 from .pool import ElevatorPool
 from .protocol import Status
 
@@ -78,6 +79,9 @@ class Elevator:
         options must then not be given.
     :param decode_responses: return keys, values and names as ``str`` (UTF-8) instead
         of ``bytes``.
+    :param encoding_errors: how ``decode_responses`` treats bytes that are not UTF-8:
+        ``"strict"`` (default: raise :class:`ElevatorDecodeError`, also a
+        ``UnicodeDecodeError``), ``"replace"``, ``"surrogateescape"`` (as redis-py).
     :param compression: ask for lz4-compressed replies by default (needs ``lz4``).
     :param coalesce: merge this client's ``Get``/``Exists``/small ``MGet`` calls with
         other threads' concurrent ones into one MGET, and ``Put``/``Delete`` into one
@@ -94,8 +98,10 @@ class Elevator:
                  transport: Optional[str] = None, timeout: Optional[float] = None,
                  pool: Optional[ElevatorPool] = None, decode_responses: bool = False,
                  compression: bool = False, coalesce: Optional[bool] = None,
+                 encoding_errors: str = "strict",
                  **pool_options: Any) -> None:
         name = "default" if db_name is None else check.db_name(db_name)
+        check_errors(encoding_errors)
         check.timeout(timeout)
         check.boolean("decode_responses", decode_responses)
         check.boolean("compression", compression)
@@ -122,10 +128,20 @@ class Elevator:
         self.coalesce: bool = pool.coalesce if coalesce is None else coalesce
         self.timeout = timeout
         self.decode_responses = decode_responses
+        self.encoding_errors = encoding_errors
         self.compression = compression
         self._binding: Tuple[str, str] = (name, "")
         try:
             self._binding = (name, self._resolve_uid(name, timeout, refresh=False))
+        except errors.DatabaseError as exc:
+            self.close()
+            if not check.looks_like_endpoint(name):
+                raise
+            raise errors.DatabaseError(
+                f"{exc.message}; {name!r} looks like an endpoint, given as the database "
+                f"name: write Elevator(endpoint={name!r}) (or Elevator(db, endpoint=...))",
+                code=exc.code, command=exc.command, db=exc.db, endpoint=exc.endpoint,
+                detail=exc.detail) from exc
         except BaseException:
             self.close()
             raise
@@ -245,20 +261,21 @@ class Elevator:
     def _out(self, value: Any) -> Any:
         """A key or value for the user: bytes, or str with decode_responses."""
         if self.decode_responses and isinstance(value, bytes):
-            return value.decode("utf-8")
+            return decode(value, self.encoding_errors)
         return value
 
     def _out_values(self, values: List[Optional[bytes]]) -> List[Any]:
         if self.decode_responses:
-            return [None if v is None else v.decode("utf-8") for v in values]
+            return [None if v is None else decode(v, self.encoding_errors) for v in values]
         return values
 
     def _out_items(self, items: List, include_key: bool, include_value: bool) -> List:
         if not self.decode_responses:
             return items
         if include_key and include_value:
-            return [[k.decode("utf-8"), v.decode("utf-8")] for k, v in items]
-        return [x.decode("utf-8") for x in items]
+            errs = self.encoding_errors
+            return [[decode(k, errs), decode(v, errs)] for k, v in items]
+        return [decode(x, self.encoding_errors) for x in items]
 
     # --------------------------------------------------------- database store
 

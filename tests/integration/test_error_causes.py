@@ -1,0 +1,65 @@
+"""Errors that name their cause: a value that is not UTF-8 under decode_responses, and
+an endpoint passed where the database name goes."""
+import logging
+
+import pytest
+
+from pyelevator_pool import Elevator, ElevatorDecodeError, ElevatorError
+
+
+@pytest.fixture
+def raw(db):
+    db.Put(b"bad", b"caf\xe9")
+    db.Put(b"good", "café".encode())
+    return db
+
+
+def decoding(raw, **options):
+    return Elevator(raw.db_name, pool=raw.pool, decode_responses=True, **options)
+
+
+def test_non_utf8_value_is_an_elevator_error_and_a_unicode_error(raw):
+    E = decoding(raw)
+    with pytest.raises(ElevatorDecodeError) as info:
+        E.Get("bad")
+    assert isinstance(info.value, ElevatorError)
+    assert isinstance(info.value, UnicodeDecodeError)
+    assert info.value.object == b"caf\xe9" and info.value.start == 3
+    assert "encoding_errors=" in str(info.value)
+    assert E.Get("good") == "café"
+
+
+@pytest.mark.parametrize("mode, expected", [("replace", "caf\ufffd"),
+                                            ("surrogateescape", "caf\udce9")])
+def test_encoding_errors_chooses(raw, mode, expected):
+    E = decoding(raw, encoding_errors=mode)
+    assert E.Get("bad") == expected
+    assert E.MGet(["bad", "good"]) == [expected, "café"]
+    assert list(E.RangeIter(include_value=True)) == [["bad", expected], ["good", "café"]]
+    assert list(E.RangeIter(include_value=False)) == ["bad", "good"]
+
+
+def test_every_read_path_raises_the_decode_error(raw):
+    E = decoding(raw)
+    with pytest.raises(ElevatorDecodeError):
+        E.MGet(["good", "bad"])
+    with pytest.raises(ElevatorDecodeError):
+        list(E.RangeIter(include_value=True))
+
+
+def test_encoding_errors_is_checked():
+    # checked before any I/O: no server is needed
+    with pytest.raises(ValueError, match="encoding_errors"):
+        Elevator(encoding_errors="bogus")
+    with pytest.raises(TypeError, match="encoding_errors"):
+        Elevator(encoding_errors=1)
+
+
+def test_endpoint_given_as_database_name_hints_at_endpoint(server, admin):
+    with pytest.raises(ElevatorError, match=r"endpoint="):
+        Elevator(server.endpoint, pool=admin.pool)
+
+
+def test_package_logger_has_a_null_handler():
+    handlers = logging.getLogger("pyelevator_pool").handlers
+    assert any(isinstance(h, logging.NullHandler) for h in handlers)
