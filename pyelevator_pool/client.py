@@ -9,7 +9,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import args as check
-from . import errors, protocol
+from . import errors, protocol, urls
 from .args import Key, Value, to_bytes
 from .batch import PendingWrites
 from .decoding import check_errors, decode
@@ -100,6 +100,12 @@ class Elevator:
                  compression: bool = False, coalesce: Optional[bool] = None,
                  encoding_errors: str = "strict",
                  **pool_options: Any) -> None:
+        if pool is None and endpoint is None:
+            env = urls.from_environment()
+            if env is not None:
+                endpoint, env_db, env_pool = env
+                db_name = env_db if db_name is None else db_name
+                pool_options = {**env_pool, **pool_options}
         name = "default" if db_name is None else check.db_name(db_name)
         check_errors(encoding_errors)
         check.timeout(timeout)
@@ -145,6 +151,15 @@ class Elevator:
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> "Elevator":
+        """A client configured by an Elevator URL (:mod:`pyelevator_pool.urls`):
+        ``elevator://host:4141/mydb?timeout=5&max_size=16`` or
+        ``elevator+ipc:///run/elevator.sock?db=mydb``. ``options`` override the URL's."""
+        endpoint, db, pool_options, client_options = urls.parse(url)
+        merged: Dict[str, Any] = {**pool_options, **client_options, **options}
+        return cls(merged.pop("db_name", db), endpoint=endpoint, **merged)
 
     @staticmethod
     def _require_lz4() -> None:

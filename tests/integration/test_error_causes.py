@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from pyelevator_pool import Elevator, ElevatorDecodeError, ElevatorError
+from pyelevator_pool import Elevator, ElevatorDecodeError, ElevatorError, ElevatorPool
 
 
 @pytest.fixture
@@ -63,3 +63,39 @@ def test_endpoint_given_as_database_name_hints_at_endpoint(server, admin):
 def test_package_logger_has_a_null_handler():
     handlers = logging.getLogger("pyelevator_pool").handlers
     assert any(isinstance(h, logging.NullHandler) for h in handlers)
+
+
+def test_from_url_binds_the_database_and_sets_options(server, admin):
+    admin.createdb("urldb")
+    try:
+        url = server.endpoint.replace("tcp://", "elevator://") + "/urldb?timeout=5&max_size=3"
+        with Elevator.from_url(url, decode_responses=True) as E:
+            assert (E.db_name, E.pool.max_size, E.decode_responses) == ("urldb", 3, True)
+            E.Put("k", "v")
+            assert E.Get("k") == "v"
+        pool = ElevatorPool.from_url(url.split("/urldb")[0] + "?max_size=2")
+        try:
+            assert pool.max_size == 2 and pool.endpoint == server.endpoint
+        finally:
+            pool.close()
+        with pytest.raises(ValueError, match="database"):
+            ElevatorPool.from_url(url)
+    finally:
+        admin.dropdb("urldb")
+
+
+def test_elevator_url_is_the_default_endpoint(server, admin, monkeypatch):
+    admin.createdb("envdb")
+    try:
+        url = server.endpoint.replace("tcp://", "elevator://") + "/envdb?max_size=2"
+        monkeypatch.setenv("ELEVATOR_URL", url)
+        with Elevator() as E:
+            assert (E.db_name, E.pool.max_size) == ("envdb", 2)
+            assert E.pool.endpoint == server.endpoint
+        with Elevator("default") as E:
+            assert E.db_name == "default"
+        monkeypatch.setenv("ELEVATOR_URL", url + "&decode_responses=1")
+        with pytest.raises(ValueError, match="ELEVATOR_URL.*decode_responses"):
+            Elevator()
+    finally:
+        admin.dropdb("envdb")
