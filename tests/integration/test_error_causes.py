@@ -1,6 +1,9 @@
 """Errors that name their cause: a value that is not UTF-8 under decode_responses, and
 an endpoint passed where the database name goes."""
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -99,3 +102,25 @@ def test_elevator_url_is_the_default_endpoint(server, admin, monkeypatch):
             Elevator()
     finally:
         admin.dropdb("envdb")
+
+
+def _cli(*args, env_url):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELEVATOR_")}
+    env["ELEVATOR_URL"] = env_url
+    proc = subprocess.run([sys.executable, "-m", "pyelevator_pool.cli", *args],
+                          capture_output=True, timeout=60, env=env)
+    return proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace")
+
+
+def test_cli_reads_elevator_url(server, admin):
+    admin.createdb("clidb")
+    try:
+        with Elevator("clidb", pool=admin.pool) as E:
+            E.Put(b"k", b"from-url")
+        url = server.endpoint.replace("tcp://", "elevator://") + "/clidb?timeout=5"
+        code, out, err = _cli("get", "k", env_url=url)
+        assert (code, out.strip(), err) == (0, b"from-url", "")
+        code, out, err = _cli("get", "k", env_url=url + "&bogus=1")
+        assert code == 2 and "ELEVATOR_URL" in err and "'bogus'" in err
+    finally:
+        admin.dropdb("clidb")
