@@ -219,7 +219,14 @@ class Elevator:
                               stream=stream)
         if reply.status == Status.FAILURE and reply.detail and "unknown_uid" in reply.detail:
             # The database was dropped and created again: its uid changed.
-            uid = self._resolve_uid(name, timeout, refresh=True, stale=uid)
+            try:
+                uid = self._resolve_uid(name, timeout, refresh=True, stale=uid)
+            except errors.DatabaseError as exc:
+                raise errors.DatabaseError(
+                    f"database {name!r}, which this client is bound to, was dropped: "
+                    f"rebind with E.connect('other_db'), or E.createdb({name!r}) to make "
+                    "it again", code=exc.code, command=cmd, db=name,
+                    endpoint=self._pool.endpoint, detail=exc.detail) from exc
             reply = self._request(cmd, args, uid, timeout, compression, is_write=is_write,
                                   stream=stream)
         if reply.status == Status.FAILURE:
@@ -305,7 +312,8 @@ class Elevator:
 
     def listdb(self, *, timeout: Optional[float] = None) -> List[str]:
         """The names of the server's databases (always including ``"default"``)."""
-        return [self._text(n) for n in self._admin(protocol.DBLIST, [], timeout=timeout) or []]
+        return [self._text(n) for n in
+                self._admin(protocol.DBLIST, [], timeout=timeout, bound=False) or []]
 
     def createdb(self, db_name: str, options: Optional[Dict[str, Any]] = None, *,
                  timeout: Optional[float] = None) -> None:
@@ -332,7 +340,8 @@ class Elevator:
 
     def _ambiguous(self, cmd: str, args: List, timeout: Optional[float]) -> None:
         try:
-            self._admin(cmd, args, timeout=timeout, idempotent=False)
+            # needs no database: works from a client whose database was dropped
+            self._admin(cmd, args, timeout=timeout, bound=False, idempotent=False)
         except errors.TransportError as exc:
             if exc.request_sent:
                 raise type(exc)(f"{exc}; the outcome of {cmd} {args[0]!r} is unknown "

@@ -124,3 +124,17 @@ def test_cli_reads_elevator_url(server, admin):
         assert code == 2 and "ELEVATOR_URL" in err and "'bogus'" in err
     finally:
         admin.dropdb("clidb")
+
+
+def test_client_bound_to_a_dropped_database(server, admin):
+    admin.createdb("gone")
+    with Elevator("gone", pool=admin.pool) as E:
+        E.Put(b"k", b"v")
+        E.dropdb("gone")
+        # management commands that need no database still work
+        assert "gone" not in E.listdb()
+        E.createdb("other")
+        E.dropdb("other")
+        assert E.Ping() is True
+        with pytest.raises(ElevatorError, match=r"'gone'.*was dropped: rebind with E.connect"):
+            E.Get(b"k")
