@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fewer repetitions and shorter thread runs (under a minute)")
     p.add_argument("--endpoint", metavar="URL",
                    help="run against an existing elevator-server (tcp://HOST:PORT or HOST:PORT) "
-                        "instead of starting one; uses (and creates) its 'benchmarks' database")
+                        "instead of starting one (default: $ELEVATOR_URL's, if set); uses (and "
+                        "creates) its 'benchmarks' database")
     p.add_argument("--threads", type=_thread_counts, default=(1, 4, 16, 64), metavar="N,N,...",
                    help="thread counts of the shared-client Get runs (default: 1,4,16,64)")
     p.add_argument("--out", default="bench-results", metavar="DIR",
@@ -46,7 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.endpoint is None:
+        from pyelevator_pool import urls
+        try:
+            env = urls.from_environment()
+        except ValueError as exc:
+            parser.error(str(exc))
+        args.endpoint = env[0] if env is not None else None
     try:
         import matplotlib  # noqa: F401
         import plyvel  # noqa: F401

@@ -8,8 +8,11 @@ b'123'
 """
 from __future__ import annotations
 
+import logging
+
 from .client import Elevator, WriteBatch
-from .errors import (AuthenticationError, CompressionUnavailable, ConnectionError, DatabaseError, ElevatorError,
+from .errors import (AuthenticationError, CompressionUnavailable, ConnectionError, DatabaseError,
+                     ElevatorDecodeError, ElevatorError,
                      ElevatorIndexError, ElevatorKeyError, ElevatorOSError, ElevatorRuntimeError,
                      ElevatorTimeout, ElevatorTypeError, ElevatorValueError, LimitExceeded,
                      PoolClosed, PoolError,
@@ -21,12 +24,16 @@ from .security import CurveKeys
 
 __version__ = "0.1.0"
 
+# a library does not print: retry warnings reach stderr only if the program configures logging
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
 __all__ = [
     "Elevator", "WriteBatch", "ElevatorPool", "RetryPolicy", "NO_RETRY", "CurveKeys",
     "ElevatorError", "ServerError", "ElevatorKeyError", "ElevatorTypeError", "ElevatorValueError",
     "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError", "DatabaseError",
     "SignalError", "RequestError", "TransportError", "ElevatorTimeout", "ConnectionError",
-    "ProtocolError", "CompressionUnavailable", "PoolError", "PoolTimeout", "PoolClosed",
+    "ProtocolError", "ElevatorDecodeError", "CompressionUnavailable", "PoolError", "PoolTimeout",
+    "PoolClosed",
     "AuthenticationError", "LimitExceeded",
     "__version__",
 ]

@@ -7,6 +7,7 @@ expected and what was given. ``bool`` is never taken for a number.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Optional, Union
 
 __all__ = ["number", "integer", "timeout", "boolean", "db_name", "to_bytes", "optional_bytes"]
@@ -58,6 +59,12 @@ def db_name(value: Any) -> str:
     if not value:
         raise ValueError("database name must not be empty")
     return value
+
+
+def looks_like_endpoint(name: str) -> bool:
+    """Whether a database name is really an endpoint (``host:port``, ``tcp://...``)."""
+    return "://" in name or bool(re.fullmatch(r"[\w.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}",
+                                              name))
 
 
 def to_bytes(value: Any, what: str = "key") -> bytes:

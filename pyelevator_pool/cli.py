@@ -37,7 +37,7 @@ import time
 from typing import (IO, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple,
                     TypedDict)
 
-from . import __version__, errors
+from . import __version__, errors, urls
 from .args import integer, number
 from .argparsing import Parser, arg_type
 from .bulk import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, BulkLoadError, dump, load
@@ -716,10 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
     # The connection options are accepted before or after the command.
     common = Parser(add_help=False)  # add_parser wants parents of the subparsers' class
     common.add_argument("--endpoint", default=argparse.SUPPRESS,
-                        help="HOST:PORT or a ZeroMQ URL (default: $ELEVATOR_ENDPOINT or "
+                        help="HOST:PORT or a ZeroMQ URL (default: $ELEVATOR_URL's, $ELEVATOR_ENDPOINT or "
                              f"{DEFAULT_ENDPOINT})")
     common.add_argument("--db", default=argparse.SUPPRESS,
-                        help="database (default: default)")
+                        help="database (default: $ELEVATOR_URL's or default)")
     common.add_argument("--timeout", default=argparse.SUPPRESS,
                         type=arg_type("timeout", number, convert=float, expected="a number"),
                         help="seconds per request, retries included (default: 10)")
@@ -808,11 +808,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the ``elevator`` command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    args.endpoint = getattr(args, "endpoint", None) or os.environ.get("ELEVATOR_ENDPOINT") \
-        or DEFAULT_ENDPOINT
-    args.db = getattr(args, "db", None) or "default"
-    args.timeout = getattr(args, "timeout", None) or 10.0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        env = urls.from_environment()
+    except ValueError as exc:
+        parser.error(str(exc))
+    url_endpoint, url_db, url_pool = env if env is not None else (None, None, {})
+    args.endpoint = getattr(args, "endpoint", None) or url_endpoint \
+        or os.environ.get("ELEVATOR_ENDPOINT") or DEFAULT_ENDPOINT
+    args.db = getattr(args, "db", None) or url_db or "default"
+    args.timeout = getattr(args, "timeout", None) or url_pool.get("timeout") or 10.0
     args.curve_server_key = getattr(args, "curve_server_key", None) \
         or os.environ.get("ELEVATOR_CURVE_SERVER_KEY")
     args.curve_client_key = getattr(args, "curve_client_key", None) \

@@ -9,9 +9,10 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import args as check
-from . import errors, protocol
+from . import errors, protocol, urls
 from .args import Key, Value, to_bytes
 from .batch import PendingWrites
+from .decoding import check_errors, decode
 from .pool import ElevatorPool
 from .protocol import Status
 
@@ -78,6 +79,9 @@ class Elevator:
         options must then not be given.
     :param decode_responses: return keys, values and names as ``str`` (UTF-8) instead
         of ``bytes``.
+    :param encoding_errors: how ``decode_responses`` treats bytes that are not UTF-8:
+        ``"strict"`` (default: raise :class:`ElevatorDecodeError`, also a
+        ``UnicodeDecodeError``), ``"replace"``, ``"surrogateescape"`` (as redis-py).
     :param compression: ask for lz4-compressed replies by default (needs ``lz4``).
     :param coalesce: merge this client's ``Get``/``Exists``/small ``MGet`` calls with
         other threads' concurrent ones into one MGET, and ``Put``/``Delete`` into one
@@ -94,8 +98,16 @@ class Elevator:
                  transport: Optional[str] = None, timeout: Optional[float] = None,
                  pool: Optional[ElevatorPool] = None, decode_responses: bool = False,
                  compression: bool = False, coalesce: Optional[bool] = None,
+                 encoding_errors: str = "strict",
                  **pool_options: Any) -> None:
+        if pool is None and endpoint is None:
+            env = urls.from_environment()
+            if env is not None:
+                endpoint, env_db, env_pool = env
+                db_name = env_db if db_name is None else db_name
+                pool_options = {**env_pool, **pool_options}
         name = "default" if db_name is None else check.db_name(db_name)
+        check_errors(encoding_errors)
         check.timeout(timeout)
         check.boolean("decode_responses", decode_responses)
         check.boolean("compression", compression)
@@ -122,13 +134,32 @@ class Elevator:
         self.coalesce: bool = pool.coalesce if coalesce is None else coalesce
         self.timeout = timeout
         self.decode_responses = decode_responses
+        self.encoding_errors = encoding_errors
         self.compression = compression
         self._binding: Tuple[str, str] = (name, "")
         try:
             self._binding = (name, self._resolve_uid(name, timeout, refresh=False))
+        except errors.DatabaseError as exc:
+            self.close()
+            if not check.looks_like_endpoint(name):
+                raise
+            raise errors.DatabaseError(
+                f"{exc.message}; {name!r} looks like an endpoint, given as the database "
+                f"name: write Elevator(endpoint={name!r}) (or Elevator(db, endpoint=...))",
+                code=exc.code, command=exc.command, db=exc.db, endpoint=exc.endpoint,
+                detail=exc.detail) from exc
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> "Elevator":
+        """A client configured by an Elevator URL (:mod:`pyelevator_pool.urls`):
+        ``elevator://host:4141/mydb?timeout=5&max_size=16`` or
+        ``elevator+ipc:///run/elevator.sock?db=mydb``. ``options`` override the URL's."""
+        endpoint, db, pool_options, client_options = urls.parse(url)
+        merged: Dict[str, Any] = {**pool_options, **client_options, **options}
+        return cls(merged.pop("db_name", db), endpoint=endpoint, **merged)
 
     @staticmethod
     def _require_lz4() -> None:
@@ -188,7 +219,14 @@ class Elevator:
                               stream=stream)
         if reply.status == Status.FAILURE and reply.detail and "unknown_uid" in reply.detail:
             # The database was dropped and created again: its uid changed.
-            uid = self._resolve_uid(name, timeout, refresh=True, stale=uid)
+            try:
+                uid = self._resolve_uid(name, timeout, refresh=True, stale=uid)
+            except errors.DatabaseError as exc:
+                raise errors.DatabaseError(
+                    f"database {name!r}, which this client is bound to, was dropped: "
+                    f"rebind with E.connect('other_db'), or E.createdb({name!r}) to make "
+                    "it again", code=exc.code, command=cmd, db=name,
+                    endpoint=self._pool.endpoint, detail=exc.detail) from exc
             reply = self._request(cmd, args, uid, timeout, compression, is_write=is_write,
                                   stream=stream)
         if reply.status == Status.FAILURE:
@@ -245,20 +283,21 @@ class Elevator:
     def _out(self, value: Any) -> Any:
         """A key or value for the user: bytes, or str with decode_responses."""
         if self.decode_responses and isinstance(value, bytes):
-            return value.decode("utf-8")
+            return decode(value, self.encoding_errors)
         return value
 
     def _out_values(self, values: List[Optional[bytes]]) -> List[Any]:
         if self.decode_responses:
-            return [None if v is None else v.decode("utf-8") for v in values]
+            return [None if v is None else decode(v, self.encoding_errors) for v in values]
         return values
 
     def _out_items(self, items: List, include_key: bool, include_value: bool) -> List:
         if not self.decode_responses:
             return items
         if include_key and include_value:
-            return [[k.decode("utf-8"), v.decode("utf-8")] for k, v in items]
-        return [x.decode("utf-8") for x in items]
+            errs = self.encoding_errors
+            return [[decode(k, errs), decode(v, errs)] for k, v in items]
+        return [decode(x, self.encoding_errors) for x in items]
 
     # --------------------------------------------------------- database store
 
@@ -273,7 +312,8 @@ class Elevator:
 
     def listdb(self, *, timeout: Optional[float] = None) -> List[str]:
         """The names of the server's databases (always including ``"default"``)."""
-        return [self._text(n) for n in self._admin(protocol.DBLIST, [], timeout=timeout) or []]
+        return [self._text(n) for n in
+                self._admin(protocol.DBLIST, [], timeout=timeout, bound=False) or []]
 
     def createdb(self, db_name: str, options: Optional[Dict[str, Any]] = None, *,
                  timeout: Optional[float] = None) -> None:
@@ -300,7 +340,8 @@ class Elevator:
 
     def _ambiguous(self, cmd: str, args: List, timeout: Optional[float]) -> None:
         try:
-            self._admin(cmd, args, timeout=timeout, idempotent=False)
+            # needs no database: works from a client whose database was dropped
+            self._admin(cmd, args, timeout=timeout, bound=False, idempotent=False)
         except errors.TransportError as exc:
             if exc.request_sent:
                 raise type(exc)(f"{exc}; the outcome of {cmd} {args[0]!r} is unknown "

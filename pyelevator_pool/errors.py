@@ -186,6 +186,16 @@ class ProtocolError(ElevatorError, ValueError):
         self.id = id
 
 
+class ElevatorDecodeError(ElevatorError, UnicodeDecodeError):
+    """A key, value or name that is not UTF-8, read with ``decode_responses=True`` and
+    ``encoding_errors='strict'``; ``object``, ``start`` and ``end`` locate the bad bytes."""
+
+    def __str__(self) -> str:
+        return (UnicodeDecodeError.__str__(self) + "; the value is not UTF-8 text: read it "
+                "with decode_responses=False, or choose encoding_errors='replace' or "
+                "'surrogateescape'")
+
+
 class CompressionUnavailable(ElevatorError, RuntimeError):
     """Compression was asked for, but the optional ``lz4`` package is not installed."""
 

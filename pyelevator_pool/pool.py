@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 import zmq
 
 from . import args as check
-from . import errors
+from . import errors, urls
 from .calls import Caller
 from .coalesce import Coalescer
 from .connection import Connection, normalize_endpoint
@@ -73,6 +73,18 @@ class ElevatorPool:
         the server checks this client's key. A refused key raises AuthenticationError
         at the first call, at once (never retried). Not together with ``security``.
     """
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> "ElevatorPool":
+        """A pool configured by an Elevator URL (:mod:`pyelevator_pool.urls`);
+        ``options`` override the URL's. The database and client options belong to an
+        :class:`Elevator` (``Elevator.from_url``): here they are a ValueError."""
+        endpoint, db, pool_options, client_options = urls.parse(url)
+        extra = sorted(client_options) + ["database"] * (db is not None)
+        if extra:
+            raise ValueError(f"{url!r}: {', '.join(extra)}: a pool has no database or "
+                             "client options; use Elevator.from_url")
+        return cls(endpoint, **{**pool_options, **options})
 
     def __init__(self, endpoint: str = "127.0.0.1:4141", *, transport: str = "tcp",
                  max_size: int = 32, timeout: float = 10.0, checkout_timeout: float = 10.0,
