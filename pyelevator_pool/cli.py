@@ -659,7 +659,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     lines = [f"{name}: {value}" for name, value in info.items() if name != "commands"]
     for cmd, figures in info.get("commands", {}).items():
-        lines.append(f"{cmd}: " + " ".join(f"{name}={value}" for name, value in figures.items()))
+        lines.append(f"{cmd}: " + " ".join(
+            f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
+            for name, value in figures.items()))
     _echo("\n".join(lines))
     return 0
 
