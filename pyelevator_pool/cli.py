@@ -3,7 +3,7 @@
     elevator [--endpoint HOST:PORT] [--db NAME] [--timeout SECONDS] COMMAND [ARGS]
 
 Commands: ``ping``, ``get``, ``put``, ``delete``, ``mget``, ``range``, ``listdb``,
-``createdb``, ``dropdb``, ``load``, ``dump``, ``stats`` (``elevator COMMAND --help``).
+``createdb``, ``dropdb``, ``load``, ``dump``, ``stats``, ``info`` (``elevator COMMAND --help``).
 
 Files are bytes: keys and values are the UTF-8 text of the file, and bytes that are
 not UTF-8 pass through unchanged (Python's ``surrogateescape``), so whatever ``load``
@@ -664,6 +664,21 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    with _client(args, "default") as e:
+        info = e.info()
+    if args.json:
+        _echo(json.dumps(info, sort_keys=True))
+        return 0
+    lines = [f"{name}: {value}" for name, value in info.items() if name != "commands"]
+    for cmd, figures in info.get("commands", {}).items():
+        lines.append(f"{cmd}: " + " ".join(
+            f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
+            for name, value in figures.items()))
+    _echo("\n".join(lines))
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     with _client(args) as e:
         t0 = time.perf_counter()
@@ -799,6 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="jsonl, csv or tsv (default: from the extension; jsonl for stdout)")
     sp.add_argument("--page-size", type=_int_at_least("page_size", 1), default=10_000,
                     help="pairs per read (default: %(default)s)")
+    sp = add("info", cmd_info, "the server's statistics (the INFO extension)")
+    sp.add_argument("--json", action="store_true", help="one JSON object")
     sp = add("stats", cmd_stats, "server round trip and the database's size (scans it)")
     sp.add_argument("--json", action="store_true", help="one JSON object")
     sp.add_argument("--page-size", type=_int_at_least("page_size", 1), default=10_000,

@@ -377,6 +377,15 @@ class Elevator:
         datas = self._admin(protocol.PING, [], timeout=timeout, bound=False)
         return bool(datas) and datas[0] == b"PONG"
 
+    def info(self, *, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """The server's statistics (the INFO extension) as a dict: version, pid, uptime,
+        data_dir, requests, failures, and per command requests, failures by error code (a string) and
+        latency p50/p90/p99/max in seconds over a recent window."""
+        datas = self._admin(protocol.INFO, [], timeout=timeout, bound=False)
+        if not isinstance(datas, dict):
+            raise errors.ProtocolError(f"INFO: expected a map, got {type(datas).__name__}")
+        return _texts(datas)
+
     def Get(self, key: Key, *, timeout: Optional[float] = None,
             compression: Optional[bool] = None) -> Any:
         """The value of ``key`` (bytes, or str with decode_responses).
@@ -731,3 +740,12 @@ class WriteBatch(PendingWrites):
                 self.Clear()
         finally:
             self.close()
+
+
+def _texts(value: Any) -> Any:
+    """INFO's reply with its strings as str (an old msgpack packs them as raw bytes)."""
+    if isinstance(value, dict):
+        return {_texts(k): _texts(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_texts(v) for v in value]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -51,12 +51,14 @@ PING, DBCONNECT, DBMOUNT, DBUMOUNT, DBCREATE, DBDROP, DBLIST, DBREPAIR = (
 DATA_COMMANDS = frozenset({GET, MGET, PUT, DELETE, EXISTS, RANGE, SLICE, BATCH})
 # Extension: the server's limits, a map (nil uid, no args); the original answers KEY.
 LIMITS = "LIMITS"
+# Extension: the server's statistics, a map (nil uid, no args); the original answers KEY.
+INFO = "INFO"
 
 DB_COMMANDS = frozenset({PING, DBCONNECT, DBMOUNT, DBUMOUNT, DBCREATE, DBDROP, DBLIST, DBREPAIR,
-                         LIMITS})
+                         LIMITS, INFO})
 #: commands that may have no arguments: ``args`` may then also be ``{}`` or nil (the original
 #: client sends {})
-NO_ARGS = frozenset({PING, DBLIST, DBREPAIR, LIMITS})
+NO_ARGS = frozenset({PING, DBLIST, DBREPAIR, LIMITS, INFO})
 ALL_COMMANDS = DATA_COMMANDS | DB_COMMANDS
 
 # Streamed replies (extension): the request's meta key (items per reply), and the

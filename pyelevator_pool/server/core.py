@@ -35,6 +35,7 @@ from .handlers import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SI
                        Dispatcher)
 from .outbox import Outbox, RateLimitedLog
 from .scheduler import Scheduler, Task
+from .stats import Stats, reply_error
 from .store import Store
 
 __all__ = ["Config", "Server"]
@@ -121,6 +122,20 @@ class Server:
         self._rate_log = RateLimitedLog()
         self._outbox: Optional[Outbox] = None
         self._scheduler: Optional[Scheduler] = None
+        self._started = time.monotonic()
+        self.stats = Stats(now=self._started)
+        self.dispatcher.info_source = self.info
+
+    def info(self) -> Dict[str, Any]:
+        """What INFO answers: the server's identity and uptime, and the request statistics
+        of the loop's inline path."""
+        from .. import __version__
+        now = time.monotonic()
+        snap = self.stats.snapshot(now)
+        requests, failures = self.stats.totals()
+        return {"version": __version__, "pid": os.getpid(), "uptime": now - self._started,
+                "data_dir": os.path.abspath(self.store.data_dir), "requests": requests,
+                "failures": failures, **snap}
 
     # --------------------------------------------------------------- lifecycle
 
@@ -428,6 +443,7 @@ class Server:
         assert scheduler is not None
         workers = self.config.workers
         dispatcher = self.dispatcher
+        stats = self.stats
         received = time.monotonic()
         while handled < budget:
             try:
@@ -467,6 +483,8 @@ class Server:
                 continue
             reply = scheduler.expired_reply(request, received) or dispatcher.run(request)
             send(ident, reply)
+            answered = time.monotonic()
+            stats.record(request.cmd, answered - received, answered, reply_error(reply))
         return handled
 
     def _pump(self) -> None:

@@ -124,8 +124,10 @@ class Dispatcher:
             protocol.DBMOUNT: self._dbmount, protocol.DBUMOUNT: self._dbumount,
             protocol.DBCREATE: self._dbcreate, protocol.DBDROP: self._dbdrop,
             protocol.DBLIST: self._dblist, protocol.DBREPAIR: self._dbrepair,
-            protocol.LIMITS: self._limits,
+            protocol.LIMITS: self._limits, protocol.INFO: self._info,
         }
+        #: what INFO answers (the server sets it); None: INFO fails as unknown
+        self.info_source: Optional[Callable[[], Dict[str, Any]]] = None
 
     # ------------------------------------------------------------------ entry
 
@@ -489,6 +491,12 @@ class Dispatcher:
         _arity("LIMITS", args, 0)
         return {"max_message_size": self.max_message_size, "max_keys": self.max_keys,
                 "max_items": self.max_items, "max_reply_size": self.max_reply_size}
+
+    def _info(self, uid: Optional[str], args: list) -> Any:
+        _arity("INFO", args, 0)
+        if self.info_source is None:
+            raise CommandError("INFO: this server keeps no statistics", ErrorCode.RUNTIME)
+        return self.info_source()
 
     def _dbconnect(self, uid: Optional[str], args: list) -> Any:
         _arity("DBCONNECT", args, 1)
