@@ -26,9 +26,11 @@ from .slots import SocketPool
 __all__ = ["ElevatorPool"]
 
 #: merged reads of one database in flight at once: the server reads one while the
-#: client sends or answers the other (benchmarks/README.rst, coalescing).
+#: client sends or answers the other.
 READS_IN_FLIGHT = 2
-ALONE_IN_FLIGHT = 8
+#: requests of one database in flight before callers queue to be merged: up to four
+#: threads never wait for each other (merging them was slower than not).
+ALONE_IN_FLIGHT = 4
 
 
 class ElevatorPool:
