@@ -7,6 +7,9 @@
 * :class:`LegacyClient` — the original py-elevator design rebuilt here in a few
   lines (our own code): ONE DEALER socket shared by all threads behind a lock, one
   request in flight, no request ids, no pool.
+* :class:`FloorGetServer` — a minimal Python ROUTER that answers GETs from plyvel in
+  its loop (no scheduling, no checks): the floor of a Python server's GET capacity,
+  measured with :func:`pipelined_gets` like the real server.
 
 Every receive is bounded by a timeout; every process started here is stopped by
 the object that started it.
@@ -28,7 +31,8 @@ import zmq
 
 from pyelevator_pool import protocol
 
-__all__ = ["EchoServer", "RedisServer", "LegacyClient", "free_port"]
+__all__ = ["EchoServer", "RedisServer", "LegacyClient", "FloorGetServer", "pipelined_gets",
+           "free_port"]
 
 
 def free_port() -> int:
@@ -79,17 +83,20 @@ class EchoServer:
         self._proc: Optional[subprocess.Popen] = None
 
     def start(self) -> "EchoServer":
-        self._proc = subprocess.Popen([sys.executable, "-c", _ECHO_CODE], stdin=subprocess.PIPE,
+        self._proc = subprocess.Popen(self._command(), stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self._proc.stdout is not None
         ready = select.select([self._proc.stdout], [], [], self.start_timeout)[0]
         line = self._proc.stdout.readline().strip() if ready else b""
         if not line.isdigit():
             self.stop()
-            raise RuntimeError("the ZeroMQ echo process did not start "
+            raise RuntimeError(f"{type(self).__name__} process did not start "
                                f"(within {self.start_timeout}s)")
         self.endpoint = f"tcp://127.0.0.1:{int(line)}"
         return self
+
+    def _command(self) -> List[str]:
+        return [sys.executable, "-c", _ECHO_CODE]
 
     @property
     def pid(self) -> Optional[int]:
@@ -135,6 +142,89 @@ class EchoClient:
 
     def close(self) -> None:
         self.sock.close(0)
+
+
+# ------------------------------------------------------ minimal GET server
+
+#: ROUTER over one plyvel database (argv[1]): each GET answered in the loop with the
+#: reply frames this project's server sends; exits when its stdin closes.
+_FLOOR_CODE = r"""
+import sys, msgpack, plyvel, zmq
+db = plyvel.DB(sys.argv[1])
+ctx = zmq.Context()
+sock = ctx.socket(zmq.ROUTER)
+sock.linger = 0
+port = sock.bind_to_random_port("tcp://127.0.0.1")
+sys.stdout.write(f"{port}\n")
+sys.stdout.flush()
+poller = zmq.Poller()
+poller.register(sock, zmq.POLLIN)
+poller.register(sys.stdin.fileno(), zmq.POLLIN)
+packb, unpackb, get = msgpack.packb, msgpack.unpackb, db.get
+running = True
+while running:
+    for what, _ in poller.poll(1000):
+        if what is sock:
+            while True:
+                try:
+                    ident, frame = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                req = unpackb(frame, raw=False)
+                value = get(req["args"][0])
+                header = {"status": 1, "err_code": None, "err_msg": None,
+                          "compression": False, "id": req["meta"].get("id")}
+                sock.send_multipart([ident, packb(header), packb({"datas": value})])
+        else:
+            running = False
+sock.close(0)
+ctx.term()
+db.close()
+"""
+
+
+class FloorGetServer(EchoServer):
+    """:data:`_FLOOR_CODE` in a child process, over the LevelDB at ``path`` (closed by
+    the caller: LevelDB allows one process)."""
+
+    def __init__(self, path: str, start_timeout: float = 20.0) -> None:
+        super().__init__(start_timeout)
+        self.path = path
+
+    def _command(self) -> List[str]:
+        return [sys.executable, "-c", _FLOOR_CODE, self.path]
+
+
+def pipelined_gets(endpoint: str, frames: Sequence[bytes], context: zmq.Context, *,
+                   window: int = 64, timeout: float = 30.0) -> int:
+    """Send every GET frame of ``frames`` over one DEALER with up to ``window`` in flight
+    (the frames are encoded beforehand: the client's cost stays small); return how many
+    successful replies came back. Every wait is bounded by ``timeout``."""
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(endpoint)
+    timeout_ms = int(timeout * 1000)
+    try:
+        sent = done = good = 0
+        total = len(frames)
+        while done < total:
+            while sent < total and sent - done < window:
+                sock.send(frames[sent])
+                sent += 1
+            if not sock.poll(timeout_ms):
+                raise TimeoutError(f"pipelined GETs: no reply within {timeout}s "
+                                   f"({done} of {total} answered)")
+            while True:
+                try:
+                    header, _content = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                done += 1
+                if msgpack.unpackb(header).get("status") == 1:
+                    good += 1
+        return good
+    finally:
+        sock.close(0)
 
 
 # --------------------------------------------------------------------- redis

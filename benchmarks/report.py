@@ -31,6 +31,7 @@ class Target:
                      # "vs-redis": items/s >= limit x redis's items/s
                      # "p99-vs-redis": p99 <= limit x redis's p99
                      # "vs-plain": items/s >= limit x coalesce=False's items/s
+                     # "vs-floor": items/s >= limit x the minimal server's items/s
                      # "absolute": median seconds <= limit
     workload: str
     limit: float
@@ -53,6 +54,8 @@ TARGETS: List[Target] = [
            "p99 <= redis-py pool's"),
     Target("64-thread Gets", "vs-redis", "Get x64 threads", 3.0, ">= 3 x redis-py pool"),
     Target("16-thread Puts", "vs-redis", "Put x16 threads", 2.0, ">= 2 x redis-py SET"),
+    Target("server GET capacity", "vs-floor", "server GET capacity", 0.9,
+           ">= 0.9 x a minimal Python ROUTER server"),
     Target("checkout+checkin", "absolute", "checkout+checkin", 1.5e-6, "<= 1.5 us"),
     Target("checkout+checkin x8", "absolute", "checkout+checkin x8 threads", 2e-6,
            "<= 2 us (8 threads)"),
@@ -60,7 +63,8 @@ TARGETS: List[Target] = [
 
 
 #: rate targets: the implementation each is measured against, and its name in the report
-_RATE_ANCHORS = {"vs-redis": ("redis", "redis"), "vs-plain": ("pyelevator-plain", "coalesce=False")}
+_RATE_ANCHORS = {"vs-redis": ("redis", "redis"), "vs-plain": ("pyelevator-plain", "coalesce=False"),
+                 "vs-floor": ("python-router", "minimal server")}
 
 
 def _find(records: Sequence[Record], workload: str, impl: str) -> Optional[Record]:

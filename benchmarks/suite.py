@@ -10,6 +10,8 @@ Implementations (the ``implementation`` field of a record):
 ``original``    the original py-elevator design (one socket, one lock), see anchors.py
 ``redis``       redis-py (hiredis parser) on a real redis-server, when one is installed
 ``zmq-echo``    a raw ZeroMQ DEALER->ROUTER echo: the network floor of one Get
+``python-router`` a minimal Python ROUTER answering GETs from plyvel: the floor of
+                the server's pipelined GET capacity
 
 Timing (benchmarks/timing.py): each bulk workload runs ``repeat`` times, the
 implementations interleaved; a record keeps the median, min, max and spread. Every
@@ -63,6 +65,7 @@ class Options:
     latency_samples: int = 20_000
     checkout_ops: int = 200_000
     checkout_threads: int = 8
+    capacity_gets: int = 50_000            # pipelined GETs per "server GET capacity" run
     endpoint: Optional[str] = None
     use_redis: bool = True
     seed: int = 20240501
@@ -76,18 +79,18 @@ class Options:
     @classmethod
     def quick(cls, **kw: Any) -> "Options":
         return cls(preset="quick", repeat=3, thread_seconds=0.4, latency_samples=3_000,
-                   checkout_ops=50_000, **kw)
+                   checkout_ops=50_000, capacity_gets=20_000, **kw)
 
     @classmethod
     def smoke(cls, **kw: Any) -> "Options":
         """A tiny run for the test suite: every workload and record, a second or two."""
         kw.setdefault("threads", (1, 4))
         return cls(preset="smoke", size=2_000, mget_count=199, repeat=1, thread_seconds=0.05,
-                   latency_samples=100, checkout_ops=2_000, **kw)
+                   latency_samples=100, checkout_ops=2_000, capacity_gets=500, **kw)
 
     def validate(self) -> None:
         for name in ("size", "mget_count", "repeat", "latency_samples", "checkout_ops",
-                     "checkout_threads"):
+                     "checkout_threads", "capacity_gets"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, not {value!r}")
@@ -150,6 +153,8 @@ IMPLEMENTATIONS = {
     "original": Implementation("original", "original py-elevator design (1 socket + lock)"),
     "redis": Implementation("redis", "redis-py + hiredis, real redis-server"),
     "zmq-echo": Implementation("zmq-echo", "raw ZeroMQ DEALER->ROUTER echo (network floor)"),
+    "python-router": Implementation("python-router",
+                                    "minimal Python ROUTER GET server over plyvel (server floor)"),
 }
 
 
@@ -410,7 +415,8 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
     from pyelevator_pool import Elevator
     from pyelevator_pool.testing import ServerProcess
 
-    from .anchors import EchoClient, EchoServer, LegacyClient, RedisServer
+    from .anchors import (EchoClient, EchoServer, FloorGetServer, LegacyClient, RedisServer,
+                          pipelined_gets)
 
     notes: List[str] = []
     records: List[Record] = []
@@ -504,7 +510,8 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
         steps = (6 * len(impls) + 1              # bulk workloads; the data's loading
                  + len(impls) + 1                # single Get (+ echo)
                  + (len(options.threads) + len(put_threads)) * len(thread_impls)
-                 + 2 * (2 if rds is not None else 1))
+                 + 2 * (2 if rds is not None else 1)
+                 + 2)                            # server GET capacity
         progress = _Progress(steps, options.progress)
         cleanups.insert(0, progress.close)
         rep = options.repeat
@@ -767,6 +774,27 @@ def run_suite(options: Options, *, log: Callable[[str], None] = print) -> Dict[s
                     notes={"redis": "ConnectionPool.get_connection() + release()",
                            "pyelevator": "ElevatorPool.checkout() + checkin()"}):
                 add(rec)
+        # ----- server GET capacity: pipelined GETs from one socket, against the floor
+        floor_path = os.path.join(tmp.name, "plyvel-floor")
+        floor_db = plyvel.DB(floor_path, create_if_missing=True)
+        try:
+            plyvel_batch(floor_db)()
+        finally:
+            floor_db.close()
+        floor = FloorGetServer(floor_path).start()
+        cleanups.append(floor.stop)
+        cap_keys = [keys[rnd.randrange(n)] for _ in range(options.capacity_gets)]
+        cap_frames = [protocol.encode_request("GET", [k], get_frame_uid, id=i)
+                      for i, k in enumerate(cap_keys)]
+        cap_targets = {"pyelevator": endpoint, "python-router": floor.endpoint}
+        for rec in bulk_records(
+                "server GET capacity",
+                {impl: functools.partial(pipelined_gets, where_, cap_frames, zctx)
+                 for impl, where_ in cap_targets.items()},
+                len(cap_frames), rep, check=_expect_len(len(cap_frames)), on_step=progress.step,
+                notes={impl: "GETs encoded beforehand, 64 in flight on one DEALER"
+                       for impl in cap_targets}):
+            add(rec)
         progress.close()
     finally:
         for fn in reversed(cleanups):

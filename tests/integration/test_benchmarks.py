@@ -88,6 +88,8 @@ def test_smoke_run_has_a_record_per_workload_and_implementation(embedded):
     for workload in ("Get x1 threads", "Get x4 threads", "Put x4 threads"):
         assert recs[(workload, "pyelevator-plain")]["items_per_s"] > 0  # coalesce=False
     assert recs[("checkout+checkin", "pyelevator")]["median_s"] > 0
+    for impl in ("pyelevator", "python-router"):  # pipelined GETs: every one answered
+        assert recs[("server GET capacity", impl)]["items_per_s"] > 0
     assert recs[("checkout+checkin x8 threads", "pyelevator")]["threads"] == 8
 
 
