@@ -32,7 +32,7 @@ from ..gcpause import gc_paused
 from ..protocol import ErrorCode, ProtocolError, encode_error_reply
 from ..security import load_key_pair
 from .handlers import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE,
-                       Dispatcher)
+                       FAST_GET_MAX_FRAME, Dispatcher)
 from .outbox import Outbox, RateLimitedLog
 from .scheduler import Scheduler, Task
 from .stats import Stats, reply_error
@@ -443,6 +443,7 @@ class Server:
         assert scheduler is not None
         workers = self.config.workers
         dispatcher = self.dispatcher
+        fast_get = dispatcher.fast_get
         stats = self.stats
         received = time.monotonic()
         while handled < budget:
@@ -460,6 +461,13 @@ class Server:
                     id=rid))
                 continue
             ident, frame = frames
+            if len(frame) <= FAST_GET_MAX_FRAME:
+                reply = fast_get(frame, received)
+                if reply is not None:
+                    send(ident, reply)
+                    answered = time.monotonic()
+                    stats.record(protocol.GET, answered - received, answered, None)
+                    continue
             big = len(frame) > _BIG_FRAME
             if big and workers:
                 rid, cmd, uid = protocol.peek(frame)  # even its decoding is heavy: a worker does it
