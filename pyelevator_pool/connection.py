@@ -9,6 +9,7 @@ the socket is *tainted*, and the pool closes it with ``LINGER=0`` and opens anot
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import time
@@ -32,7 +33,11 @@ _FAST_POLL_MS = 20
 #: a wrong server key), and the success that clears them.
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-_MONITOR_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
+#: the steps of a connection attempt, which say why none completed (ConnectAttempts)
+_ATTEMPT_EVENTS = (zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECTED | zmq.EVENT_CLOSED
+                   | zmq.EVENT_CONNECT_RETRIED)
+_MONITOR_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
+                   | _ATTEMPT_EVENTS)
 #: a handshake failure without a definite cause (a wrong server key gives "no detail", but
 #: so could a server killed mid-handshake) is only final when it repeats this many times
 #: in a row; a refused key (AUTH) or a mechanism mismatch is final at once.
@@ -59,6 +64,86 @@ def normalize_endpoint(endpoint: str, transport: str = "tcp") -> str:
     if transport == "tcp" and ":" not in endpoint:
         raise ValueError(f"endpoint {endpoint!r} must be HOST:PORT (or a tcp://, ipc:// URL)")
     return f"{transport}://{endpoint}"
+
+
+def _host(endpoint: str) -> str:
+    """The host of a ``tcp://host:port`` endpoint ("" for another transport)."""
+    if not endpoint.startswith("tcp://"):
+        return ""
+    return endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def invalid_address(endpoint: str, exc: zmq.ZMQError) -> str:
+    """Why ZeroMQ refused to connect to ``endpoint`` at once (EINVAL)."""
+    if not endpoint.startswith("tcp://"):
+        return f"{endpoint} is not a valid ZeroMQ address ({exc})"
+    port = endpoint.rpartition(":")[2]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{endpoint}: the port {port!r} is not a number from 1 to 65535"
+    return (f"{endpoint}: the host {_host(endpoint)!r} does not resolve "
+            "(it is not a valid host name)")
+
+
+class ConnectAttempts:
+    """Why a socket has no connection, from its monitor's connection events: pure logic.
+
+    libzmq reports each attempt as CONNECT_DELAYED (a TCP connect in progress), then
+    CONNECTED or CLOSED (it failed: refused), then CONNECT_RETRIED when it gives up and
+    waits to try again. An attempt that ends without any step never opened a socket:
+    the host did not resolve (or no file descriptor was left).
+    """
+
+    REFUSED = "refused"
+    UNRESOLVED = "unresolved"
+
+    def __init__(self) -> None:
+        self.seen = 0  # the events of the attempt in progress (and DISCONNECTED)
+        self.failure = ""  # how the last attempt that ended failed, "" when it connected
+
+    def event(self, event: int) -> None:
+        if event == zmq.EVENT_CONNECT_RETRIED:
+            seen = self.seen
+            if not seen:
+                self.failure = self.UNRESOLVED
+            elif seen & zmq.EVENT_CLOSED and not seen & zmq.EVENT_CONNECTED:
+                self.failure = self.REFUSED
+            else:
+                self.failure = ""  # it connected, then was lost or refused the handshake
+            self.seen = 0
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.seen, self.failure = 0, ""
+        else:
+            self.seen |= event
+
+    def cause(self, endpoint: str) -> str:
+        """Why no connection to ``endpoint`` exists, for an error message."""
+        seen = self.seen
+        if seen & zmq.EVENT_CONNECTED and not seen & zmq.EVENT_DISCONNECTED:
+            return ("it accepted the connection but never answered the ZeroMQ handshake "
+                    "(is an Elevator server listening there, or something else?)")
+        if self.failure == self.REFUSED:
+            where = "socket path" if endpoint.startswith("ipc://") else "port"
+            return (f"connection refused (nothing listens on that {where}: is the "
+                    "server running?)")
+        if self.failure == self.UNRESOLVED:
+            host = _host(endpoint)
+            if host and not _is_ip(host):
+                return (f"the host {host!r} does not resolve (or no socket could be "
+                        "opened: out of file descriptors?)")
+            return "no socket could be opened (out of file descriptors?)"
+        if seen & zmq.EVENT_CONNECT_DELAYED:
+            return ("the connection attempt got no answer (the host is down or "
+                    "unreachable, or a firewall drops it)")
+        return "no connection attempt completed (the host name may still be resolving)"
 
 
 class Connection:
@@ -88,6 +173,7 @@ class Connection:
         #: consecutive failed security handshakes, and what the last one said
         self._handshake_failures = 0
         self._handshake_problem = ""
+        self._attempts = ConnectAttempts()
         sock = context.socket(zmq.DEALER)
         try:
             sock.linger = 0
@@ -109,12 +195,21 @@ class Connection:
             if security is not None:
                 security(sock)
             self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
-            sock.connect(endpoint)
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # never valid, however often retried: fail at once, saying why
+                raise errors.AddressError(f"cannot connect to {invalid_address(endpoint, exc)}",
+                                          request_sent=False) from exc
         except BaseException:
             # The monitor is a socket too: left open, it would make the context's
             # term() (ElevatorPool.close) wait for it forever.
             monitor = self.__dict__.get("_monitor")
             if monitor is not None:
+                # unbinds its inproc address now: the next socket may get the same fd
+                sock.disable_monitor()
                 monitor.close(0)
             sock.close(0)
             raise
@@ -165,12 +260,16 @@ class Connection:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_failures = 0
                 self._connected = True
+                self._attempts.event(event)
             elif event & _HANDSHAKE_FAILED:
                 self._connected = False
                 self._handshake_failed(event, value)
+            elif event & _ATTEMPT_EVENTS:
+                self._attempts.event(event)
             else:
                 lost = True
                 self._connected = False
+                self._attempts.event(event)
 
     def _handshake_failed(self, event: int, value: int) -> None:
         final = False
@@ -203,26 +302,34 @@ class Connection:
             raise errors.AuthenticationError(
                 f"{cmd}: no access to {self.endpoint}: {self._handshake_problem}")
 
-    def _await_connection(self, cmd: str, deadline: float, timeout: float) -> None:
+    def _await_connection(self, cmd: str, deadline: float, wait: float, call_timeout: float,
+                          whole: bool) -> None:
         """Wait until a completed (handshaken, authenticated) connection exists, from the
         monitor's events, so that a request is only queued where it is sent at once and a
-        refused handshake fails at once."""
+        refused handshake fails at once. ``whole``: the wait ends at the call's deadline
+        (else at its connect_timeout, and the call retries)."""
         monitor = self._monitor
         while not self._connected:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
-                detail = (f" (last handshake: {self._handshake_problem})"
-                          if self._handshake_failures else "")
                 raise errors.ElevatorTimeout(
-                    f"{cmd}: no connection to {self.endpoint} within {timeout:g}s{detail}",
-                    request_sent=False)
+                    f"{cmd}: no connection to {self.endpoint} "
+                    + (f"within {call_timeout:g}s" if whole else
+                       f"after {wait:g}s (connect_timeout; the call's timeout is "
+                       f"{call_timeout:g}s)")
+                    + f": {self._no_connection_cause()}", request_sent=False)
             if monitor.poll(remaining_ms):
                 self._drain_monitor()
                 self._check_handshake(cmd)
 
+    def _no_connection_cause(self) -> str:
+        if self._handshake_failures:
+            return f"the security handshake failed: {self._handshake_problem}"
+        return self._attempts.cause(self.endpoint)
+
     def request(self, cmd: str, args: Sequence, uid: Optional[str] = None, *,
                 timeout: float, compression: bool = False, stream: int = 0,
-                connect_timeout: Optional[float] = None,
+                connect_timeout: Optional[float] = None, call_timeout: Optional[float] = None,
                 max_message_size: Optional[Callable[["Connection", float], Optional[int]]] = None
                 ) -> Reply:
         """Send one request and return its reply (a failure reply is returned, not raised).
@@ -243,6 +350,9 @@ class Connection:
         for one after this long (ElevatorTimeout, ``request_sent`` False) instead of
         the whole ``timeout``, so that a retry policy's ``stop`` is consulted.
 
+        ``call_timeout``: the whole timeout of the call this request is part of (default
+        ``timeout``), which the error messages name.
+
         ``max_message_size(conn, deadline)``: asked only for a frame larger than
         protocol.MIN_MAX_MESSAGE_SIZE, the server's limit (None: unknown); a larger
         frame raises LimitExceeded, never sent.
@@ -254,6 +364,7 @@ class Connection:
         rid = next(self._ids)
         start = time.monotonic()
         deadline = start + timeout
+        whole = timeout if call_timeout is None else call_timeout
         frame = self._encode(cmd, args, uid, rid, compression, stream, deadline)
         self.last_frame_size = len(frame)
         if len(frame) > protocol.MIN_MAX_MESSAGE_SIZE and max_message_size is not None:
@@ -276,7 +387,7 @@ class Connection:
                 # Just opened, or the server is down: wait for a connection rather than
                 # queue the request where it could be delivered long after we gave up.
                 wait = timeout if connect_timeout is None else min(timeout, connect_timeout)
-                self._await_connection(cmd, start + wait, wait)
+                self._await_connection(cmd, start + wait, wait, whole, wait == timeout)
                 # meta.timeout must say what is left now, not before the wait
                 frame = self._encode(cmd, args, uid, rid, compression, stream, deadline)
             try:
@@ -287,14 +398,14 @@ class Connection:
                 raise errors.from_zmq(exc, f"{cmd} to {self.endpoint}",
                                       request_sent=False) from exc
             sent = True
-            head, content = self._receive(cmd, rid, deadline, timeout)
+            head, content = self._receive(cmd, rid, deadline, whole)
         except zmq.ZMQError as exc:
             self.is_tainted = True
             raise errors.from_zmq(exc, f"{cmd} to {self.endpoint}", request_sent=sent) from exc
         finally:
             self.last_used = time.monotonic()
         if stream and head.get(protocol.MORE):
-            return self._receive_stream(cmd, rid, head, content, deadline, timeout)
+            return self._receive_stream(cmd, rid, head, content, deadline, whole)
         try:
             status = head.get("status")
             err_msg = head.get("err_msg")
@@ -440,7 +551,8 @@ class Connection:
                 if remaining_ms <= 0:
                     self._timed_out()
                     raise errors.ElevatorTimeout(
-                        f"{cmd}: no reply from {self.endpoint} within {timeout:g}s")
+                        f"{cmd}: connected to {self.endpoint} and sent the request, but no "
+                        f"reply came within {timeout:g}s")
                 events = dict(self._poller.poll(remaining_ms))
                 if self._monitor in events and self._drain_monitor() and sock not in events:
                     # The request may still sit in the socket's queue, to be delivered

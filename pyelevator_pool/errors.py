@@ -19,8 +19,8 @@ __all__ = [
     "ErrorCode", "ElevatorError", "ServerError", "ElevatorTypeError", "ElevatorKeyError",
     "ElevatorValueError", "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError",
     "DatabaseError", "SignalError", "RequestError", "TransportError", "ElevatorTimeout",
-    "ConnectionError", "ProtocolError", "AuthenticationError", "LimitExceeded",
-    "RequestLimitExceeded", "PoolError", "PoolTimeout", "PoolClosed", "CompressionUnavailable",
+    "ConnectionError", "ProtocolError", "AuthenticationError", "AddressError",
+    "LimitExceeded", "RequestLimitExceeded", "PoolError", "PoolTimeout", "PoolClosed", "CompressionUnavailable",
     "error_from_reply", "from_zmq",
 ]
 
@@ -148,6 +148,15 @@ class AuthenticationError(ConnectionError):
     """The security handshake failed: the server refused this client's CURVE key, or one
     side uses CURVE and the other does not, or the server's public key is wrong. Never
     retried (trying again gives the same answer); ``request_sent`` is always False."""
+
+    def __init__(self, message: str, *, request_sent: bool = False) -> None:
+        super().__init__(message, request_sent=False)
+
+
+class AddressError(ConnectionError):
+    """The endpoint cannot be connected to at all: its host is not a valid name (so it
+    does not resolve) or its port is not a number. Never retried (it never becomes valid);
+    ``request_sent`` is always False."""
 
     def __init__(self, message: str, *, request_sent: bool = False) -> None:
         super().__init__(message, request_sent=False)
