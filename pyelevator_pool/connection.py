@@ -173,6 +173,7 @@ class Connection:
         #: consecutive failed security handshakes, and what the last one said
         self._handshake_failures = 0
         self._handshake_problem = ""
+        self._handshake_reason = ""
         self._attempts = ConnectAttempts()
         sock = context.socket(zmq.DEALER)
         try:
@@ -273,25 +274,32 @@ class Connection:
 
     def _handshake_failed(self, event: int, value: int) -> None:
         final = False
+        curve = self.socket.getsockopt(zmq.MECHANISM) == zmq.CURVE
+        reason = ""
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             final = True
+            reason = "key_refused"
             problem = (f"the server refused this client's CURVE key (ZAP status {value}): "
                        "its public key must be in the server's --curve-authorized-keys directory")
         elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL \
                 and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             final = True
+            reason = "server_without_curve" if curve else "server_needs_curve"
             problem = ("security mismatch: one side uses CURVE and the other does not (a server "
                        "started with --curve-secret-key needs clients with curve=CurveKeys(...))")
         elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             problem = f"security handshake failed: ZMTP protocol error {value:#x}"
-        elif self.socket.getsockopt(zmq.MECHANISM) == zmq.CURVE:
+        elif curve:
+            reason = "wrong_server_key"
             problem = (f"security handshake failed (errno {value}): check the server's public "
                        "key (curve_server_key), and that the server uses CURVE")
         else:
+            reason = "server_needs_curve"
             problem = (f"security handshake failed (errno {value}): the server probably "
                        "requires CURVE (--curve-secret-key): give this client "
                        "curve=CurveKeys(...)")
         self._handshake_problem = problem
+        self._handshake_reason = reason
         self._handshake_failures = (max(self._handshake_failures + 1, _VAGUE_HANDSHAKE_FAILURES)
                                     if final else self._handshake_failures + 1)
 
@@ -300,7 +308,8 @@ class Connection:
         if self._handshake_failures >= _VAGUE_HANDSHAKE_FAILURES:
             self.is_tainted = True
             raise errors.AuthenticationError(
-                f"{cmd}: no access to {self.endpoint}: {self._handshake_problem}")
+                f"{cmd}: no access to {self.endpoint}: {self._handshake_problem}",
+                reason=self._handshake_reason)
 
     def _await_connection(self, cmd: str, deadline: float, wait: float, call_timeout: float,
                           whole: bool) -> None:
@@ -452,7 +461,8 @@ class Connection:
         if code == protocol.ErrorCode.AUTH and head.get("id") is not None:
             self.is_tainted = True
             raise errors.AuthenticationError(
-                f"{cmd}: {self.endpoint} no longer accepts this client's CURVE key: {err_msg}")
+                f"{cmd}: {self.endpoint} no longer accepts this client's CURVE key: {err_msg}",
+                reason="key_revoked")
         detail = head.get(protocol.ERR_DETAIL)
         return Reply(protocol.Status.FAILURE, code, err_msg, rid, None,
                      detail if isinstance(detail, dict) else None)
