@@ -21,6 +21,7 @@ from zmq.utils.monitor import parse_monitor_message
 from . import errors, protocol
 from .gcpause import gc_paused
 from .protocol import Reply
+from .reachability import PROBE_SECONDS, Probe
 
 __all__ = ["Connection", "normalize_endpoint"]
 
@@ -33,11 +34,10 @@ _FAST_POLL_MS = 20
 #: a wrong server key), and the success that clears them.
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-#: the steps of a connection attempt, which say why none completed (ConnectAttempts)
-_ATTEMPT_EVENTS = (zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECTED | zmq.EVENT_CLOSED
-                   | zmq.EVENT_CONNECT_RETRIED)
-_MONITOR_EVENTS = (zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
-                   | _ATTEMPT_EVENTS)
+#: Not the events of each connection attempt (CONNECT_RETRIED...): they repeat while the
+#: server is down, and an idle socket's unread monitor would fill and block the context's
+#: I/O thread. Why no connection was made is probed instead (reachability.py).
+_MONITOR_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
 #: a handshake failure without a definite cause (a wrong server key gives "no detail", but
 #: so could a server killed mid-handshake) is only final when it repeats this many times
 #: in a row; a refused key (AUTH) or a mechanism mismatch is final at once.
@@ -66,84 +66,14 @@ def normalize_endpoint(endpoint: str, transport: str = "tcp") -> str:
     return f"{transport}://{endpoint}"
 
 
-def _host(endpoint: str) -> str:
-    """The host of a ``tcp://host:port`` endpoint ("" for another transport)."""
-    if not endpoint.startswith("tcp://"):
-        return ""
-    return endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def invalid_address(endpoint: str, exc: zmq.ZMQError) -> str:
     """Why ZeroMQ refused to connect to ``endpoint`` at once (EINVAL)."""
     if not endpoint.startswith("tcp://"):
         return f"{endpoint} is not a valid ZeroMQ address ({exc})"
-    port = endpoint.rpartition(":")[2]
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
     if not port.isdigit() or not 0 < int(port) < 65536:
         return f"{endpoint}: the port {port!r} is not a number from 1 to 65535"
-    return (f"{endpoint}: the host {_host(endpoint)!r} does not resolve "
-            "(it is not a valid host name)")
-
-
-class ConnectAttempts:
-    """Why a socket has no connection, from its monitor's connection events: pure logic.
-
-    libzmq reports each attempt as CONNECT_DELAYED (a TCP connect in progress), then
-    CONNECTED or CLOSED (it failed: refused), then CONNECT_RETRIED when it gives up and
-    waits to try again. An attempt that ends without any step never opened a socket:
-    the host did not resolve (or no file descriptor was left).
-    """
-
-    REFUSED = "refused"
-    UNRESOLVED = "unresolved"
-
-    def __init__(self) -> None:
-        self.seen = 0  # the events of the attempt in progress (and DISCONNECTED)
-        self.failure = ""  # how the last attempt that ended failed, "" when it connected
-
-    def event(self, event: int) -> None:
-        if event == zmq.EVENT_CONNECT_RETRIED:
-            seen = self.seen
-            if not seen:
-                self.failure = self.UNRESOLVED
-            elif seen & zmq.EVENT_CLOSED and not seen & zmq.EVENT_CONNECTED:
-                self.failure = self.REFUSED
-            else:
-                self.failure = ""  # it connected, then was lost or refused the handshake
-            self.seen = 0
-        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self.seen, self.failure = 0, ""
-        else:
-            self.seen |= event
-
-    def cause(self, endpoint: str) -> str:
-        """Why no connection to ``endpoint`` exists, for an error message."""
-        seen = self.seen
-        if seen & zmq.EVENT_CONNECTED and not seen & zmq.EVENT_DISCONNECTED:
-            return ("it accepted the connection but never answered the ZeroMQ handshake "
-                    "(is an Elevator server listening there, or something else?)")
-        if self.failure == self.REFUSED:
-            where = "socket path" if endpoint.startswith("ipc://") else "port"
-            return (f"connection refused (nothing listens on that {where}: is the "
-                    "server running?)")
-        if self.failure == self.UNRESOLVED:
-            host = _host(endpoint)
-            if host and not _is_ip(host):
-                return (f"the host {host!r} does not resolve (or no socket could be "
-                        "opened: out of file descriptors?)")
-            return "no socket could be opened (out of file descriptors?)"
-        if seen & zmq.EVENT_CONNECT_DELAYED:
-            return ("the connection attempt got no answer (the host is down or "
-                    "unreachable, or a firewall drops it)")
-        return "no connection attempt completed (the host name may still be resolving)"
+    return f"{endpoint}: the host {host!r} does not resolve (it is not a valid host name)"
 
 
 class Connection:
@@ -174,7 +104,6 @@ class Connection:
         self._handshake_failures = 0
         self._handshake_problem = ""
         self._handshake_reason = ""
-        self._attempts = ConnectAttempts()
         sock = context.socket(zmq.DEALER)
         try:
             sock.linger = 0
@@ -261,16 +190,12 @@ class Connection:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshake_failures = 0
                 self._connected = True
-                self._attempts.event(event)
             elif event & _HANDSHAKE_FAILED:
                 self._connected = False
                 self._handshake_failed(event, value)
-            elif event & _ATTEMPT_EVENTS:
-                self._attempts.event(event)
             else:
                 lost = True
                 self._connected = False
-                self._attempts.event(event)
 
     def _handshake_failed(self, event: int, value: int) -> None:
         final = False
@@ -318,23 +243,30 @@ class Connection:
         refused handshake fails at once. ``whole``: the wait ends at the call's deadline
         (else at its connect_timeout, and the call retries)."""
         monitor = self._monitor
+        # why there is no connection is probed shortly before giving up (not at all when
+        # one comes): within the wait, so the error costs no time beyond it
+        probe_at = deadline - min(PROBE_SECONDS, wait / 2)
+        probe: Optional[Probe] = None
         while not self._connected:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
+            now = time.monotonic()
+            if probe is None and now >= probe_at:
+                probe = Probe(self.endpoint, deadline - now)
+            remaining_ms = int(((deadline if probe else probe_at) - now) * 1000)
+            if remaining_ms <= 0 and probe is not None:
                 raise errors.ElevatorTimeout(
                     f"{cmd}: no connection to {self.endpoint} "
                     + (f"within {call_timeout:g}s" if whole else
                        f"after {wait:g}s (connect_timeout; the call's timeout is "
                        f"{call_timeout:g}s)")
-                    + f": {self._no_connection_cause()}", request_sent=False)
-            if monitor.poll(remaining_ms):
+                    + f": {self._no_connection_cause(probe)}", request_sent=False)
+            if monitor.poll(max(remaining_ms, 0)):
                 self._drain_monitor()
                 self._check_handshake(cmd)
 
-    def _no_connection_cause(self) -> str:
+    def _no_connection_cause(self, probe: Probe) -> str:
         if self._handshake_failures:
             return f"the security handshake failed: {self._handshake_problem}"
-        return self._attempts.cause(self.endpoint)
+        return probe.cause()
 
     def request(self, cmd: str, args: Sequence, uid: Optional[str] = None, *,
                 timeout: float, compression: bool = False, stream: int = 0,

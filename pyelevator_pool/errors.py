@@ -19,7 +19,7 @@ __all__ = [
     "ErrorCode", "ElevatorError", "ServerError", "ElevatorTypeError", "ElevatorKeyError",
     "ElevatorValueError", "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError",
     "DatabaseError", "SignalError", "RequestError", "TransportError", "ElevatorTimeout",
-    "ConnectionError", "ProtocolError", "AuthenticationError", "AddressError",
+    "ConnectionError", "ProtocolError", "AuthenticationError", "AUTH_REASONS", "AddressError",
     "LimitExceeded", "RequestLimitExceeded", "PoolError", "PoolTimeout", "PoolClosed", "CompressionUnavailable",
     "error_from_reply", "from_zmq",
 ]

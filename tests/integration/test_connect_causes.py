@@ -67,9 +67,16 @@ def test_a_listener_that_accepts_tcp_but_never_speaks_zeromq():
         endpoint = "tcp://127.0.0.1:%d" % listener.getsockname()[1]
         exc = fails(lambda: Elevator(endpoint=endpoint, timeout=1))
     assert isinstance(exc, ElevatorTimeout) and not exc.request_sent
-    assert str(exc) == (f"DBCONNECT: no connection to {endpoint} within 1s: it accepted the "
-                        "connection but never answered the ZeroMQ handshake (is an Elevator "
-                        "server listening there, or something else?)")
+    assert str(exc) == (f"DBCONNECT: no connection to {endpoint} within 1s: the port accepts "
+                        "connections, but no ZeroMQ handshake completed (is an Elevator server "
+                        "listening there?)")
+
+
+def test_an_ipc_path_where_no_server_listens(tmp_path):
+    endpoint = f"ipc://{tmp_path}/absent.sock"
+    exc = fails(lambda: Elevator(endpoint=endpoint, timeout=1))
+    assert str(exc) == (f"DBCONNECT: no connection to {endpoint} within 1s: no socket file at "
+                        "that path (is the server running?)")
 
 
 def test_a_zeromq_peer_that_never_replies():
