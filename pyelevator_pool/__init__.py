@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 from .client import Elevator, WriteBatch
-from .errors import (AuthenticationError, CompressionUnavailable, ConnectionError, DatabaseError,
-                     ElevatorDecodeError, ElevatorError,
+from .errors import (AddressError, AuthenticationError, CompressionUnavailable, ConnectionError,
+                     DatabaseError, ElevatorDecodeError, ElevatorError,
                      ElevatorIndexError, ElevatorKeyError, ElevatorOSError, ElevatorRuntimeError,
                      ElevatorTimeout, ElevatorTypeError, ElevatorValueError, LimitExceeded,
                      PoolClosed, PoolError,
@@ -34,6 +34,6 @@ __all__ = [
     "SignalError", "RequestError", "TransportError", "ElevatorTimeout", "ConnectionError",
     "ProtocolError", "ElevatorDecodeError", "CompressionUnavailable", "PoolError", "PoolTimeout",
     "PoolClosed",
-    "AuthenticationError", "LimitExceeded",
+    "AuthenticationError", "AddressError", "LimitExceeded",
     "__version__",
 ]

@@ -29,16 +29,19 @@ class Caller:
 
     def request(self, cmd: str, args: Sequence, uid: Optional[str], *, timeout: float,
                 compression: bool = False, idempotent: bool = True, is_write: bool = False,
-                stream: int = 0) -> Reply:
+                stream: int = 0, call_timeout: Optional[float] = None) -> Reply:
         """The reply to one request (a failure reply is returned, not raised); ``timeout``
-        bounds everything, checkout and retries included."""
+        bounds everything, checkout and retries included. ``call_timeout``: the whole
+        timeout of the user's call, which the error messages name (default ``timeout``)."""
         started = time.monotonic()
         deadline = started + timeout
+        whole = timeout if call_timeout is None else call_timeout
         try:
-            return self._attempt(cmd, args, uid, deadline, compression, stream)
+            return self._attempt(cmd, args, uid, deadline, compression, stream, whole)
         except errors.TransportError as exc:
             return self.retry.call_after_failure(
-                exc, lambda: self._attempt(cmd, args, uid, deadline, compression, stream),
+                exc, lambda: self._attempt(cmd, args, uid, deadline, compression, stream,
+                                           whole),
                 deadline=deadline, idempotent=idempotent, is_write=is_write,
                 describe=f"{cmd} to {self._slots.name}", on_retry=self._count_retry,
                 started=started)
@@ -48,7 +51,7 @@ class Caller:
             self.retries += 1
 
     def _attempt(self, cmd: str, args: Sequence, uid: Optional[str], deadline: float,
-                 compression: bool, stream: int) -> Reply:
+                 compression: bool, stream: int, whole: float) -> Reply:
         slots = self._slots
         budget = min(slots.checkout_timeout, max(deadline - time.monotonic(), 0.0))
         conn = slots.pinned()
@@ -56,19 +59,19 @@ class Caller:
             if conn.is_tainted:
                 conn = slots.replace(conn, budget)
                 slots.repin(conn)
-            return self._send(conn, cmd, args, uid, deadline, compression, stream)
+            return self._send(conn, cmd, args, uid, deadline, compression, stream, whole)
         conn = slots.checkout(budget)
         try:
-            return self._send(conn, cmd, args, uid, deadline, compression, stream)
+            return self._send(conn, cmd, args, uid, deadline, compression, stream, whole)
         finally:
             slots.checkin(conn)
 
     def _send(self, conn: Conn, cmd: str, args: Sequence, uid: Optional[str],
-              deadline: float, compression: bool, stream: int) -> Reply:
+              deadline: float, compression: bool, stream: int, whole: float) -> Reply:
         try:
             return conn.request(cmd, args, uid, timeout=max(deadline - time.monotonic(), 0.0),
                                 compression=compression, stream=stream,
-                                connect_timeout=self.connect_timeout,
+                                connect_timeout=self.connect_timeout, call_timeout=whole,
                                 max_message_size=self._max_message_size)
         except errors.ElevatorTimeout:
             with self._lock:

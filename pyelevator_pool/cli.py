@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -42,7 +43,7 @@ from .args import integer, number
 from .argparsing import Parser, arg_type
 from .bulk import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, BulkLoadError, dump, load
 from .client import Elevator
-from .security import CurveKeys
+from .security import CurveKeys, load_key_pair, load_public_key
 
 __all__ = ["main", "build_parser", "read_pairs", "write_pairs", "BadLine", "FORMATS"]
 
@@ -338,14 +339,83 @@ def _note(message: str) -> None:
 
 # ---------------------------------------------------------------------- commands
 
+def _os_reason(exc: OSError) -> str:
+    """``no such file``, ``is a directory``...: an OSError without Python's spelling."""
+    return (exc.strerror or str(exc)).lower()
+
+
+def _curve_keys(args: argparse.Namespace) -> Optional[CurveKeys]:
+    """The CURVE keys of the key file flags, None without them; a bad file names its flag."""
+    if not (args.curve_server_key or args.curve_client_key):
+        return None
+    if not (args.curve_server_key and args.curve_client_key):
+        raise CliError("--curve-server-key and --curve-client-key go together", 2)
+
+    def load(flag: str, path: str, loader: Callable[[str], Any]) -> Any:
+        try:
+            open(path, "rb").close()  # pyzmq calls a missing file an "invalid certificate"
+            return loader(path)
+        except OSError as exc:
+            raise CliError(f"{flag} {path!r}: {_os_reason(exc)}") from None
+        except ValueError as exc:
+            raise CliError(f"{flag} {path!r}: {exc}") from None
+
+    server = load("--curve-server-key", args.curve_server_key, load_public_key)
+    public, secret = load("--curve-client-key", args.curve_client_key, load_key_pair)
+    return CurveKeys(server, public, secret)
+
+
 def _client(args: argparse.Namespace, db: Optional[str] = None) -> Elevator:
-    curve = None
-    if args.curve_server_key or args.curve_client_key:
-        if not (args.curve_server_key and args.curve_client_key):
-            raise CliError("--curve-server-key and --curve-client-key go together", 2)
-        curve = CurveKeys.from_files(args.curve_server_key, args.curve_client_key)
-    return Elevator(db if db is not None else args.db, endpoint=args.endpoint,
-                    timeout=args.timeout, curve=curve)
+    name = db if db is not None else args.db
+    e = Elevator(name, endpoint=args.endpoint, timeout=args.timeout, curve=_curve_keys(args),
+                 open=False)
+    try:
+        e.open()
+    except errors.DatabaseError:
+        missing = _is_missing(e, name)
+        e.close()
+        if missing:
+            raise CliError(f"database {name!r} does not exist at {args.endpoint}: create it "
+                           f"with: {PROG} createdb {shlex.quote(name)}") from None
+        raise
+    except BaseException:
+        e.close()
+        raise
+    return e
+
+
+def _is_missing(e: Elevator, name: str) -> bool:
+    """Whether the server has no database ``name`` (not one it failed to open)."""
+    try:
+        return name not in e.listdb()
+    except errors.ElevatorError:
+        return False
+
+
+#: the CLI's words for why the security handshake failed (AuthenticationError.reason)
+_CURVE_ADVICE = {
+    "key_refused": "the server refused this client's CURVE key (--curve-client-key): its "
+                   "public key (NAME.key) must be in the server's --curve-authorized-keys "
+                   "directory",
+    "key_revoked": "the server no longer accepts this client's CURVE key (--curve-client-key): "
+                   "its public key (NAME.key) must be in the server's --curve-authorized-keys "
+                   "directory",
+    "server_needs_curve": "the server requires CURVE: give --curve-server-key FILE (the "
+                          "server's public NAME.key) and --curve-client-key FILE (this "
+                          "client's NAME.key_secret), or $ELEVATOR_CURVE_SERVER_KEY and "
+                          "$ELEVATOR_CURVE_CLIENT_KEY",
+    "server_without_curve": "the server does not use CURVE: leave out --curve-server-key and "
+                            "--curve-client-key ($ELEVATOR_CURVE_SERVER_KEY, "
+                            "$ELEVATOR_CURVE_CLIENT_KEY)",
+    "wrong_server_key": "the security handshake failed: check --curve-server-key (the "
+                        "server's public NAME.key); if the server does not use CURVE, leave "
+                        "out --curve-server-key and --curve-client-key",
+}
+
+
+def _no_access(exc: errors.AuthenticationError, endpoint: str) -> str:
+    advice = _CURVE_ADVICE.get(exc.reason)
+    return f"no access to {endpoint}: {advice}" if advice else str(exc)
 
 
 def _silence_stdout() -> None:
@@ -626,7 +696,10 @@ def cmd_dump(args: argparse.Namespace) -> int:
             else:
                 # Written next to the target and renamed into place only when complete.
                 directory = os.path.dirname(os.path.abspath(target))
-                fd, tmp_path = tempfile.mkstemp(prefix=".elevator-dump-", dir=directory)
+                try:
+                    fd, tmp_path = tempfile.mkstemp(prefix=".elevator-dump-", dir=directory)
+                except OSError as exc:
+                    raise _cannot_write(target, exc) from None
                 out = io.open(fd, "w", newline="", **_ENCODING)
             write = write_pairs(out, fmt)
             failure: Optional[BaseException] = None
@@ -644,6 +717,11 @@ def cmd_dump(args: argparse.Namespace) -> int:
                 if isinstance(exc, KeyboardInterrupt):
                     raise CliError(f"dump interrupted; {done}", 130) from None
                 raise CliError(f"dump to {where} stopped: {exc}; {done}") from None
+            except OSError as exc:
+                failure = exc
+                if stdout is not None:
+                    raise  # told apart by _StdoutText
+                raise _cannot_write(target, exc) from None
             except BaseException as exc:
                 failure = exc  # a failed write to stdout is told apart by _StdoutText
                 raise
@@ -653,7 +731,10 @@ def cmd_dump(args: argparse.Namespace) -> int:
                 else:
                     out.close()
             if tmp_path is not None:
-                os.replace(tmp_path, target)
+                try:
+                    os.replace(tmp_path, target)
+                except OSError as exc:
+                    raise _cannot_write(target, exc) from None
                 tmp_path = None
     finally:
         if bar is not None:
@@ -662,6 +743,12 @@ def cmd_dump(args: argparse.Namespace) -> int:
             os.unlink(tmp_path)
     _note(f"dumped {count} pairs")
     return 0
+
+
+def _cannot_write(target: str, exc: OSError) -> CliError:
+    """The error for a dump target that cannot be written: it names the target, never
+    the temporary file next to it."""
+    return CliError(f"cannot write {target!r}: {_os_reason(exc)}; nothing was written to it")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -854,6 +941,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(str(_stdout_failed(exc)), 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except errors.AuthenticationError as exc:
+        return _fail(_no_access(exc, args.endpoint), 1)
     except errors.ElevatorError as exc:
         return _fail(f"{exc}", 1)
     except (OSError, ValueError, TypeError) as exc:

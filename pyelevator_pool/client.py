@@ -5,6 +5,7 @@ The client knows commands and argument shapes; it knows nothing of sockets.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -66,7 +67,7 @@ class Elevator:
 
     :param db_name: the database to bind to; ``"default"`` when None. The database
         must exist (:meth:`createdb` makes one); the binding is checked at once, so a
-        wrong endpoint or name fails here and not at the first call.
+        wrong endpoint or name fails here and not at the first call (see ``open``).
     :param endpoint: ``"host:port"`` or a ZeroMQ URL (``"tcp://host:port"``,
         ``"ipc:///path"``). Default ``"127.0.0.1:4141"``.
     :param transport: ``"tcp"`` or ``"ipc"``, for an endpoint given without a scheme.
@@ -87,6 +88,10 @@ class Elevator:
         other threads' concurrent ones into one MGET, and ``Put``/``Delete`` into one
         BATCH, while a request of the database is in flight (a lone caller sends its
         own request). Default: the pool's ``coalesce`` (True).
+    :param open: resolve the binding at construction (True, the default: a wrong
+        endpoint or database fails here, within ``timeout``). False does no I/O at all:
+        the binding is resolved by :meth:`open` or by the first call that needs it, so a
+        program can start before its server.
     :param pool_options: passed to the private :class:`ElevatorPool` (``max_size``,
         ``checkout_timeout``, ``health_check_interval``, ``retry``, ...).
 
@@ -98,7 +103,7 @@ class Elevator:
                  transport: Optional[str] = None, timeout: Optional[float] = None,
                  pool: Optional[ElevatorPool] = None, decode_responses: bool = False,
                  compression: bool = False, coalesce: Optional[bool] = None,
-                 encoding_errors: str = "strict",
+                 encoding_errors: str = "strict", open: bool = True,
                  **pool_options: Any) -> None:
         if pool is None and endpoint is None:
             env = urls.from_environment()
@@ -111,6 +116,7 @@ class Elevator:
         check.timeout(timeout)
         check.boolean("decode_responses", decode_responses)
         check.boolean("compression", compression)
+        check.boolean("open", open)
         if coalesce is not None:
             check.boolean("coalesce", coalesce)
         if compression:
@@ -136,21 +142,60 @@ class Elevator:
         self.decode_responses = decode_responses
         self.encoding_errors = encoding_errors
         self.compression = compression
+        #: the database and its uid; the uid is "" until the binding is resolved (open)
         self._binding: Tuple[str, str] = (name, "")
-        try:
-            self._binding = (name, self._resolve_uid(name, timeout, refresh=False))
-        except errors.DatabaseError as exc:
-            self.close()
-            if not check.looks_like_endpoint(name):
+        self._open_lock = threading.Lock()
+        if open:
+            try:
+                self._open(*self._budget(timeout))
+            except BaseException:
+                self.close()
                 raise
-            raise errors.DatabaseError(
-                f"{exc.message}; {name!r} looks like an endpoint, given as the database "
-                f"name: write Elevator(endpoint={name!r}) (or Elevator(db, endpoint=...))",
-                code=exc.code, command=exc.command, db=exc.db, endpoint=exc.endpoint,
-                detail=exc.detail) from exc
-        except BaseException:
-            self.close()
-            raise
+
+    def open(self, *, timeout: Optional[float] = None) -> "Elevator":
+        """Resolve the binding to the database now (DBCONNECT) and return this client;
+        nothing to do once resolved (at construction, by an earlier call or ``open``).
+        Thread-safe: threads opening at once send one DBCONNECT. Raises what
+        construction would: DatabaseError for an unknown database, ElevatorTimeout or
+        ConnectionError when the server cannot be reached within ``timeout`` (default
+        the client's); the client stays usable, and may be opened again."""
+        check.timeout(timeout)
+        if not self._binding[1]:
+            self._open(*self._budget(timeout))
+        return self
+
+    def _open(self, whole: float, deadline: float) -> None:
+        # one thread resolves while the others wait for it, each within its own deadline
+        if not self._open_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise errors.ElevatorTimeout(
+                f"{protocol.DBCONNECT} {self.db_name!r} to {self._pool.endpoint}: another "
+                f"thread's open of the database did not finish within {whole:g}s",
+                request_sent=False)
+        try:
+            name = self._binding[0]
+            if self._binding[1]:
+                return
+            try:
+                self._resolve_uid(name, _left(deadline), refresh=False, call_timeout=whole)
+            except errors.DatabaseError as exc:
+                if not check.looks_like_endpoint(name):
+                    raise
+                raise errors.DatabaseError(
+                    f"{exc.message}; {name!r} looks like an endpoint, given as the database "
+                    f"name: write Elevator(endpoint={name!r}) (or Elevator(db, endpoint=...))",
+                    code=exc.code, command=exc.command, db=exc.db, endpoint=exc.endpoint,
+                    detail=exc.detail) from exc
+        finally:
+            self._open_lock.release()
+
+    def _opened(self, timeout: Optional[float]) -> Optional[float]:
+        """``timeout`` for a call that needs the binding; a client made with ``open=False``
+        resolves it first, and the call gets what is left of its timeout."""
+        if self._binding[1]:
+            return timeout
+        whole, deadline = self._budget(timeout)
+        self._open(whole, deadline)
+        return _left(deadline)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> "Elevator":
@@ -191,7 +236,8 @@ class Elevator:
 
     def _request(self, cmd: str, args: Sequence, uid: Optional[str], timeout: Optional[float],
                  compression: Optional[bool], idempotent: bool = True,
-                 is_write: bool = False, stream: int = 0) -> protocol.Reply:
+                 is_write: bool = False, stream: int = 0,
+                 call_timeout: Optional[float] = None) -> protocol.Reply:
         check.timeout(timeout)
         if compression is None:
             compression = self.compression
@@ -201,7 +247,7 @@ class Elevator:
         return self._pool.request(cmd, args, uid,
                                   timeout=self.timeout if timeout is None else timeout,
                                   compression=compression, idempotent=idempotent,
-                                  is_write=is_write, stream=stream)
+                                  is_write=is_write, stream=stream, call_timeout=call_timeout)
 
     def _raise(self, reply: protocol.Reply, cmd: str, db: Optional[str]) -> None:
         if reply.detail and reply.detail.get("limit") == "max_message_size":
@@ -211,12 +257,19 @@ class Elevator:
 
     def _call(self, cmd: str, args: Sequence, *, timeout: Optional[float] = None,
               compression: Optional[bool] = None, is_write: bool = False,
-              stream: int = 0, binding: Optional[Tuple[str, str]] = None) -> protocol.Reply:
+              stream: int = 0, binding: Optional[Tuple[str, str]] = None,
+              call_timeout: Optional[float] = None) -> protocol.Reply:
         """A data command on the bound database (or ``binding``, a name and its uid);
-        refreshes a uid the server forgot."""
-        name, uid = self._binding if binding is None else binding
+        refreshes a uid the server forgot. ``call_timeout``: the whole timeout of the
+        user's call, when ``timeout`` is what is left of it."""
+        if binding is None:
+            if not self._binding[1]:
+                call_timeout = self._whole(timeout if call_timeout is None else call_timeout)
+                timeout = self._opened(timeout)
+            binding = self._binding
+        name, uid = binding
         reply = self._request(cmd, args, uid, timeout, compression, is_write=is_write,
-                              stream=stream)
+                              stream=stream, call_timeout=call_timeout)
         if reply.status == Status.FAILURE and reply.detail and "unknown_uid" in reply.detail:
             # The database was dropped and created again: its uid changed.
             try:
@@ -228,7 +281,7 @@ class Elevator:
                     "it again", code=exc.code, command=cmd, db=name,
                     endpoint=self._pool.endpoint, detail=exc.detail) from exc
             reply = self._request(cmd, args, uid, timeout, compression, is_write=is_write,
-                                  stream=stream)
+                                  stream=stream, call_timeout=call_timeout)
         if reply.status == Status.FAILURE:
             self._raise(reply, cmd, name)
         return reply
@@ -236,18 +289,25 @@ class Elevator:
     def _admin(self, cmd: str, args: Sequence, *, timeout: Optional[float],
                bound: bool = True, idempotent: bool = True) -> Any:
         """A management command; returns its datas."""
+        call_timeout = None
+        if bound and not self._binding[1]:
+            call_timeout = self._whole(timeout)
+            timeout = self._opened(timeout)
         name, uid = self._binding
         reply = self._request(cmd, args, uid if bound else None, timeout, False,
-                              idempotent=idempotent)
+                              idempotent=idempotent, call_timeout=call_timeout)
         if reply.status == Status.FAILURE:
             self._raise(reply, cmd, name if bound else None)
         return reply.datas
 
     def _resolve_uid(self, name: str, timeout: Optional[float], *, refresh: bool,
-                     stale: Optional[str] = None) -> str:
+                     stale: Optional[str] = None, call_timeout: Optional[float] = None) -> str:
         def dbconnect(name: str) -> str:
-            datas = self._admin(protocol.DBCONNECT, [name], timeout=timeout, bound=False)
-            return self._text(datas[0])
+            reply = self._request(protocol.DBCONNECT, [name], None, timeout, False,
+                                  call_timeout=call_timeout)
+            if reply.status == Status.FAILURE:
+                self._raise(reply, protocol.DBCONNECT, None)
+            return self._text(reply.datas[0])
 
         uid = self._pool.facts.uid(name, dbconnect, stale=stale if refresh else None)
         if self._binding[0] == name:
@@ -396,9 +456,10 @@ class Elevator:
         if not self._merges():
             reply = self._call(protocol.GET, [bkey], timeout=timeout, compression=compression)
             return self._out(reply.datas[0])
-        deadline = self._deadline(timeout)
-        value = self._read(protocol.GET, [bkey], True, deadline, lambda: self._call(
-            protocol.GET, [bkey], timeout=_left(deadline), compression=compression).datas)[0]
+        whole, deadline = self._budget(timeout)
+        value = self._read(protocol.GET, [bkey], True, deadline, whole, lambda: self._call(
+            protocol.GET, [bkey], timeout=_left(deadline), compression=compression,
+            call_timeout=whole).datas)[0]
         if value is None:  # a merged MGET's answer for a missing key: GET's error
             raise errors.error_from_reply(
                 errors.ErrorCode.KEY, f"Key {bkey!r} does not exist", command=protocol.GET,
@@ -423,10 +484,12 @@ class Elevator:
         if not bkeys:
             return []
         if len(bkeys) <= MERGED_MGET and self._merges():
-            deadline = self._deadline(timeout)
-            values = self._read(protocol.MGET, bkeys, fill_cache, deadline, lambda: self._call(
-                protocol.MGET, [bkeys, fill_cache], timeout=_left(deadline),
-                compression=compression).datas)
+            whole, deadline = self._budget(timeout)
+            values = self._read(protocol.MGET, bkeys, fill_cache, deadline, whole,
+                                lambda: self._call(protocol.MGET, [bkeys, fill_cache],
+                                                   timeout=_left(deadline),
+                                                   compression=compression,
+                                                   call_timeout=whole).datas)
             return self._out_values(values)
         chunk = self._limit("max_keys", len(bkeys), timeout)
         if chunk is None:
@@ -455,10 +518,11 @@ class Elevator:
         if not self._merges():
             self._call(protocol.PUT, [bkey, bvalue], timeout=timeout, is_write=True)
             return
-        deadline = self._deadline(timeout)
+        whole, deadline = self._budget(timeout)
         self._write(protocol.PUT, (protocol.BATCH_PUT, bkey, bvalue), len(bkey) + len(bvalue),
-                    deadline, lambda: self._call(protocol.PUT, [bkey, bvalue],
-                                                 timeout=_left(deadline), is_write=True))
+                    deadline, whole, lambda: self._call(protocol.PUT, [bkey, bvalue],
+                                                        timeout=_left(deadline), is_write=True,
+                                                        call_timeout=whole))
 
     def Delete(self, key: Key, *, timeout: Optional[float] = None) -> None:
         """Delete ``key`` (no error when it does not exist)."""
@@ -466,23 +530,25 @@ class Elevator:
         if not self._merges():
             self._call(protocol.DELETE, [bkey], timeout=timeout, is_write=True)
             return
-        deadline = self._deadline(timeout)
-        self._write(protocol.DELETE, (protocol.BATCH_DELETE, bkey), len(bkey), deadline,
+        whole, deadline = self._budget(timeout)
+        self._write(protocol.DELETE, (protocol.BATCH_DELETE, bkey), len(bkey), deadline, whole,
                     lambda: self._call(protocol.DELETE, [bkey], timeout=_left(deadline),
-                                       is_write=True))
+                                       is_write=True, call_timeout=whole))
 
     def Exists(self, key: Key, *, timeout: Optional[float] = None) -> bool:
         """Whether ``key`` exists."""
         bkey = to_bytes(key)
         if not self._merges():
             return self._exists(bkey, timeout)
-        deadline = self._deadline(timeout)
-        found = self._read(protocol.EXISTS, [bkey], True, deadline, lambda: [
-            b"" if self._exists(bkey, _left(deadline)) else None])
+        whole, deadline = self._budget(timeout)
+        found = self._read(protocol.EXISTS, [bkey], True, deadline, whole, lambda: [
+            b"" if self._exists(bkey, _left(deadline), whole) else None])
         return found[0] is not None
 
-    def _exists(self, bkey: bytes, timeout: Optional[float]) -> bool:
-        datas = self._call(protocol.EXISTS, [bkey], timeout=timeout).datas
+    def _exists(self, bkey: bytes, timeout: Optional[float],
+                call_timeout: Optional[float] = None) -> bool:
+        datas = self._call(protocol.EXISTS, [bkey], timeout=timeout,
+                           call_timeout=call_timeout).datas
         # The original server answers [true] or a bare false; this project's [false].
         return bool(datas) and bool(datas[0])
 
@@ -493,17 +559,27 @@ class Elevator:
         socket with ``pool.connection()`` keeps every call on it)."""
         return self.coalesce and not self._pool.pinned()
 
-    def _deadline(self, timeout: Optional[float]) -> float:
+    def _whole(self, timeout: Optional[float]) -> float:
+        """A call's whole timeout: ``timeout``, else the client's, else the pool's."""
+        if timeout is not None:
+            return timeout
+        return self._pool.timeout if self.timeout is None else self.timeout
+
+    def _budget(self, timeout: Optional[float]) -> Tuple[float, float]:
+        """A call's whole timeout and its deadline."""
         check.timeout(timeout)
-        if timeout is None:
-            timeout = self._pool.timeout if self.timeout is None else self.timeout
-        return time.monotonic() + timeout
+        whole = self._whole(timeout)
+        return whole, time.monotonic() + whole
 
     def _read(self, cmd: str, keys: Sequence[bytes], fill_cache: bool, deadline: float,
-              alone: Callable[[], List[Optional[bytes]]]) -> List[Optional[bytes]]:
+              whole: float, alone: Callable[[], List[Optional[bytes]]]
+              ) -> List[Optional[bytes]]:
         """The values of ``keys`` (None where missing): ``alone()`` when no read of this
         database is in flight, else this call's share of one MGET with the concurrent
-        reads of other threads (same ``fill_cache``; GET's is True)."""
+        reads of other threads (same ``fill_cache``; GET's is True). ``whole``: the
+        call's whole timeout."""
+        if not self._binding[1]:
+            self._open(whole, deadline)
         binding = self._binding
 
         def merged(flat: List[bytes], deadline: float) -> List[Optional[bytes]]:
@@ -515,10 +591,12 @@ class Elevator:
         return self._pool.reads.call((binding, fill_cache), keys, sum(map(len, keys)), deadline,
                                      alone, merged, f"{cmd} to {self._pool.endpoint}")
 
-    def _write(self, cmd: str, op: tuple, size: int, deadline: float,
+    def _write(self, cmd: str, op: tuple, size: int, deadline: float, whole: float,
                alone: Callable[[], Any]) -> None:
         """``alone()`` when no write of this database is in flight, else ``op`` sent in one
         BATCH with the concurrent writes of other threads, in the order they queued."""
+        if not self._binding[1]:
+            self._open(whole, deadline)
         binding = self._binding
 
         def merged(ops: List[tuple], deadline: float) -> None:

@@ -9,6 +9,7 @@ the socket is *tainted*, and the pool closes it with ``LINGER=0`` and opens anot
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import time
@@ -20,6 +21,7 @@ from zmq.utils.monitor import parse_monitor_message
 from . import errors, protocol
 from .gcpause import gc_paused
 from .protocol import Reply
+from .reachability import PROBE_SECONDS, Probe
 
 __all__ = ["Connection", "normalize_endpoint"]
 
@@ -32,6 +34,9 @@ _FAST_POLL_MS = 20
 #: a wrong server key), and the success that clears them.
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+#: Not the events of each connection attempt (CONNECT_RETRIED...): they repeat while the
+#: server is down, and an idle socket's unread monitor would fill and block the context's
+#: I/O thread. Why no connection was made is probed instead (reachability.py).
 _MONITOR_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
 #: a handshake failure without a definite cause (a wrong server key gives "no detail", but
 #: so could a server killed mid-handshake) is only final when it repeats this many times
@@ -61,6 +66,16 @@ def normalize_endpoint(endpoint: str, transport: str = "tcp") -> str:
     return f"{transport}://{endpoint}"
 
 
+def invalid_address(endpoint: str, exc: zmq.ZMQError) -> str:
+    """Why ZeroMQ refused to connect to ``endpoint`` at once (EINVAL)."""
+    if not endpoint.startswith("tcp://"):
+        return f"{endpoint} is not a valid ZeroMQ address ({exc})"
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"{endpoint}: the port {port!r} is not a number from 1 to 65535"
+    return f"{endpoint}: the host {host!r} does not resolve (it is not a valid host name)"
+
+
 class Connection:
     """A DEALER socket connected to one server. Not thread-safe: one user at a time.
 
@@ -88,6 +103,7 @@ class Connection:
         #: consecutive failed security handshakes, and what the last one said
         self._handshake_failures = 0
         self._handshake_problem = ""
+        self._handshake_reason = ""
         sock = context.socket(zmq.DEALER)
         try:
             sock.linger = 0
@@ -109,12 +125,21 @@ class Connection:
             if security is not None:
                 security(sock)
             self._monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
-            sock.connect(endpoint)
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # never valid, however often retried: fail at once, saying why
+                raise errors.AddressError(f"cannot connect to {invalid_address(endpoint, exc)}",
+                                          request_sent=False) from exc
         except BaseException:
             # The monitor is a socket too: left open, it would make the context's
             # term() (ElevatorPool.close) wait for it forever.
             monitor = self.__dict__.get("_monitor")
             if monitor is not None:
+                # unbinds its inproc address now: the next socket may get the same fd
+                sock.disable_monitor()
                 monitor.close(0)
             sock.close(0)
             raise
@@ -174,25 +199,32 @@ class Connection:
 
     def _handshake_failed(self, event: int, value: int) -> None:
         final = False
+        curve = self.socket.getsockopt(zmq.MECHANISM) == zmq.CURVE
+        reason = ""
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             final = True
+            reason = "key_refused"
             problem = (f"the server refused this client's CURVE key (ZAP status {value}): "
                        "its public key must be in the server's --curve-authorized-keys directory")
         elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL \
                 and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             final = True
+            reason = "server_without_curve" if curve else "server_needs_curve"
             problem = ("security mismatch: one side uses CURVE and the other does not (a server "
                        "started with --curve-secret-key needs clients with curve=CurveKeys(...))")
         elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             problem = f"security handshake failed: ZMTP protocol error {value:#x}"
-        elif self.socket.getsockopt(zmq.MECHANISM) == zmq.CURVE:
+        elif curve:
+            reason = "wrong_server_key"
             problem = (f"security handshake failed (errno {value}): check the server's public "
                        "key (curve_server_key), and that the server uses CURVE")
         else:
+            reason = "server_needs_curve"
             problem = (f"security handshake failed (errno {value}): the server probably "
                        "requires CURVE (--curve-secret-key): give this client "
                        "curve=CurveKeys(...)")
         self._handshake_problem = problem
+        self._handshake_reason = reason
         self._handshake_failures = (max(self._handshake_failures + 1, _VAGUE_HANDSHAKE_FAILURES)
                                     if final else self._handshake_failures + 1)
 
@@ -201,28 +233,44 @@ class Connection:
         if self._handshake_failures >= _VAGUE_HANDSHAKE_FAILURES:
             self.is_tainted = True
             raise errors.AuthenticationError(
-                f"{cmd}: no access to {self.endpoint}: {self._handshake_problem}")
+                f"{cmd}: no access to {self.endpoint}: {self._handshake_problem}",
+                reason=self._handshake_reason)
 
-    def _await_connection(self, cmd: str, deadline: float, timeout: float) -> None:
+    def _await_connection(self, cmd: str, deadline: float, wait: float, call_timeout: float,
+                          whole: bool) -> None:
         """Wait until a completed (handshaken, authenticated) connection exists, from the
         monitor's events, so that a request is only queued where it is sent at once and a
-        refused handshake fails at once."""
+        refused handshake fails at once. ``whole``: the wait ends at the call's deadline
+        (else at its connect_timeout, and the call retries)."""
         monitor = self._monitor
+        # why there is no connection is probed shortly before giving up (not at all when
+        # one comes): within the wait, so the error costs no time beyond it
+        probe_at = deadline - min(PROBE_SECONDS, wait / 2)
+        probe: Optional[Probe] = None
         while not self._connected:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                detail = (f" (last handshake: {self._handshake_problem})"
-                          if self._handshake_failures else "")
+            now = time.monotonic()
+            if probe is None and now >= probe_at:
+                probe = Probe(self.endpoint, deadline - now)
+            remaining_ms = int(((deadline if probe else probe_at) - now) * 1000)
+            if remaining_ms <= 0 and probe is not None:
                 raise errors.ElevatorTimeout(
-                    f"{cmd}: no connection to {self.endpoint} within {timeout:g}s{detail}",
-                    request_sent=False)
-            if monitor.poll(remaining_ms):
+                    f"{cmd}: no connection to {self.endpoint} "
+                    + (f"within {call_timeout:g}s" if whole else
+                       f"after {wait:g}s (connect_timeout; the call's timeout is "
+                       f"{call_timeout:g}s)")
+                    + f": {self._no_connection_cause(probe)}", request_sent=False)
+            if monitor.poll(max(remaining_ms, 0)):
                 self._drain_monitor()
                 self._check_handshake(cmd)
 
+    def _no_connection_cause(self, probe: Probe) -> str:
+        if self._handshake_failures:
+            return f"the security handshake failed: {self._handshake_problem}"
+        return probe.cause()
+
     def request(self, cmd: str, args: Sequence, uid: Optional[str] = None, *,
                 timeout: float, compression: bool = False, stream: int = 0,
-                connect_timeout: Optional[float] = None,
+                connect_timeout: Optional[float] = None, call_timeout: Optional[float] = None,
                 max_message_size: Optional[Callable[["Connection", float], Optional[int]]] = None
                 ) -> Reply:
         """Send one request and return its reply (a failure reply is returned, not raised).
@@ -243,6 +291,9 @@ class Connection:
         for one after this long (ElevatorTimeout, ``request_sent`` False) instead of
         the whole ``timeout``, so that a retry policy's ``stop`` is consulted.
 
+        ``call_timeout``: the whole timeout of the call this request is part of (default
+        ``timeout``), which the error messages name.
+
         ``max_message_size(conn, deadline)``: asked only for a frame larger than
         protocol.MIN_MAX_MESSAGE_SIZE, the server's limit (None: unknown); a larger
         frame raises LimitExceeded, never sent.
@@ -254,6 +305,7 @@ class Connection:
         rid = next(self._ids)
         start = time.monotonic()
         deadline = start + timeout
+        whole = timeout if call_timeout is None else call_timeout
         frame = self._encode(cmd, args, uid, rid, compression, stream, deadline)
         self.last_frame_size = len(frame)
         if len(frame) > protocol.MIN_MAX_MESSAGE_SIZE and max_message_size is not None:
@@ -276,7 +328,7 @@ class Connection:
                 # Just opened, or the server is down: wait for a connection rather than
                 # queue the request where it could be delivered long after we gave up.
                 wait = timeout if connect_timeout is None else min(timeout, connect_timeout)
-                self._await_connection(cmd, start + wait, wait)
+                self._await_connection(cmd, start + wait, wait, whole, wait == timeout)
                 # meta.timeout must say what is left now, not before the wait
                 frame = self._encode(cmd, args, uid, rid, compression, stream, deadline)
             try:
@@ -287,14 +339,14 @@ class Connection:
                 raise errors.from_zmq(exc, f"{cmd} to {self.endpoint}",
                                       request_sent=False) from exc
             sent = True
-            head, content = self._receive(cmd, rid, deadline, timeout)
+            head, content = self._receive(cmd, rid, deadline, whole)
         except zmq.ZMQError as exc:
             self.is_tainted = True
             raise errors.from_zmq(exc, f"{cmd} to {self.endpoint}", request_sent=sent) from exc
         finally:
             self.last_used = time.monotonic()
         if stream and head.get(protocol.MORE):
-            return self._receive_stream(cmd, rid, head, content, deadline, timeout)
+            return self._receive_stream(cmd, rid, head, content, deadline, whole)
         try:
             status = head.get("status")
             err_msg = head.get("err_msg")
@@ -341,7 +393,8 @@ class Connection:
         if code == protocol.ErrorCode.AUTH and head.get("id") is not None:
             self.is_tainted = True
             raise errors.AuthenticationError(
-                f"{cmd}: {self.endpoint} no longer accepts this client's CURVE key: {err_msg}")
+                f"{cmd}: {self.endpoint} no longer accepts this client's CURVE key: {err_msg}",
+                reason="key_revoked")
         detail = head.get(protocol.ERR_DETAIL)
         return Reply(protocol.Status.FAILURE, code, err_msg, rid, None,
                      detail if isinstance(detail, dict) else None)
@@ -440,7 +493,8 @@ class Connection:
                 if remaining_ms <= 0:
                     self._timed_out()
                     raise errors.ElevatorTimeout(
-                        f"{cmd}: no reply from {self.endpoint} within {timeout:g}s")
+                        f"{cmd}: connected to {self.endpoint} and sent the request, but no "
+                        f"reply came within {timeout:g}s")
                 events = dict(self._poller.poll(remaining_ms))
                 if self._monitor in events and self._drain_monitor() and sock not in events:
                     # The request may still sit in the socket's queue, to be delivered

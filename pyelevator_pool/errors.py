@@ -19,8 +19,8 @@ __all__ = [
     "ErrorCode", "ElevatorError", "ServerError", "ElevatorTypeError", "ElevatorKeyError",
     "ElevatorValueError", "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError",
     "DatabaseError", "SignalError", "RequestError", "TransportError", "ElevatorTimeout",
-    "ConnectionError", "ProtocolError", "AuthenticationError", "LimitExceeded",
-    "RequestLimitExceeded", "PoolError", "PoolTimeout", "PoolClosed", "CompressionUnavailable",
+    "ConnectionError", "ProtocolError", "AuthenticationError", "AUTH_REASONS", "AddressError",
+    "LimitExceeded", "RequestLimitExceeded", "PoolError", "PoolTimeout", "PoolClosed", "CompressionUnavailable",
     "error_from_reply", "from_zmq",
 ]
 
@@ -147,7 +147,32 @@ class ConnectionError(TransportError, OSError):  # noqa: A001 - deliberately als
 class AuthenticationError(ConnectionError):
     """The security handshake failed: the server refused this client's CURVE key, or one
     side uses CURVE and the other does not, or the server's public key is wrong. Never
-    retried (trying again gives the same answer); ``request_sent`` is always False."""
+    retried (trying again gives the same answer); ``request_sent`` is always False.
+
+    ``reason`` says which, for a program (the CLI) that words its own advice: one of
+    :data:`AUTH_REASONS`, "" when unknown."""
+
+    def __init__(self, message: str, *, request_sent: bool = False, reason: str = "") -> None:
+        super().__init__(message, request_sent=False)
+        if reason and reason not in AUTH_REASONS:
+            raise ValueError(f"reason must be one of {', '.join(AUTH_REASONS)}, not {reason!r}")
+        self.reason = reason
+
+
+#: why the security handshake failed (AuthenticationError.reason)
+AUTH_REASONS = (
+    "key_refused",           # the server refused this client's CURVE key
+    "key_revoked",           # the server no longer accepts it (answered AUTH to a request)
+    "server_needs_curve",    # this client has no CURVE keys and the server requires them
+    "server_without_curve",  # this client uses CURVE and the server does not
+    "wrong_server_key",      # CURVE on both sides, but not the server's public key
+)
+
+
+class AddressError(ConnectionError):
+    """The endpoint cannot be connected to at all: its host is not a valid name (so it
+    does not resolve) or its port is not a number. Never retried (it never becomes valid);
+    ``request_sent`` is always False."""
 
     def __init__(self, message: str, *, request_sent: bool = False) -> None:
         super().__init__(message, request_sent=False)

@@ -221,20 +221,26 @@ class ElevatorPool:
 
     def request(self, cmd: str, args: Sequence, uid: Optional[str] = None, *,
                 timeout: Optional[float] = None, compression: bool = False,
-                idempotent: bool = True, is_write: bool = False, stream: int = 0) -> Reply:
+                idempotent: bool = True, is_write: bool = False, stream: int = 0,
+                call_timeout: Optional[float] = None) -> Reply:
         """Send one request on a pooled socket and return its reply, retrying transport
         failures under the pool's :class:`RetryPolicy`. ``stream``: see
         :meth:`Connection.request`.
 
         ``timeout`` (default the pool's) bounds everything: checkout, send, receive and
         retries. ``idempotent``/``is_write`` tell the policy whether a request whose
-        fate is unknown may be sent again. A failure reply is returned, not raised.
+        fate is unknown may be sent again. ``call_timeout``: the whole timeout of the
+        user's call that this request is the rest of, named in error messages (default
+        ``timeout``). A failure reply is returned, not raised.
         Raises ElevatorTimeout, ConnectionError, ProtocolError, PoolTimeout, PoolClosed;
         TypeError/ValueError for a ``timeout`` that is not a number > 0.
         """
         budget = self.timeout if timeout is None else check.number("timeout", timeout)
+        if call_timeout is not None:
+            check.number("call_timeout", call_timeout)
         return self._caller.request(cmd, args, uid, timeout=budget, compression=compression,
-                                    idempotent=idempotent, is_write=is_write, stream=stream)
+                                    idempotent=idempotent, is_write=is_write, stream=stream,
+                                    call_timeout=call_timeout)
 
     def pinned(self) -> bool:
         """Whether the calling thread has a socket pinned by :meth:`connection`."""

@@ -77,8 +77,8 @@ class RetryPolicy:
         """Whether ``exc`` of a command so described may be retried."""
         if not isinstance(exc, errors.TransportError):
             return False  # a server's answer, a pool timeout, a closed pool, a bad argument
-        if isinstance(exc, errors.AuthenticationError):
-            return False  # a refused key is refused again: fail fast, not at the deadline
+        if isinstance(exc, (errors.AuthenticationError, errors.AddressError)):
+            return False  # a refused key or a bad address fails again: fail fast, not at the deadline
         if not exc.request_sent:
             return True
         if is_write:

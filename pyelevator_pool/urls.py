@@ -40,7 +40,7 @@ POOL_OPTIONS: Dict[str, Callable[[str], Any]] = {
 #: client options a URL may set (``db`` is the database name)
 CLIENT_OPTIONS: Dict[str, Callable[[str], Any]] = {
     "db": str, "decode_responses": _boolean, "compression": _boolean,
-    "encoding_errors": str,
+    "encoding_errors": str, "open": _boolean,
 }
 
 
@@ -95,8 +95,9 @@ ENV_VAR = "ELEVATOR_URL"
 def from_environment(environ: Optional[Dict[str, str]] = None
                      ) -> Optional[Tuple[str, Optional[str], Dict[str, Any]]]:
     """``(endpoint, db_name, pool_options)`` from ``$ELEVATOR_URL``, None when unset.
-    Client options (``decode_responses``...) change what calls return, so a program
-    states them in code: in the variable they are a ValueError."""
+    Client options (``decode_responses``, ``open``...) change what calls return or
+    when they fail, so a program states them in code: in the variable they are a
+    ValueError."""
     import os
     url = (os.environ if environ is None else environ).get(ENV_VAR)
     if not url:
@@ -106,7 +107,8 @@ def from_environment(environ: Optional[Dict[str, str]] = None
     except ValueError as exc:
         raise ValueError(f"${ENV_VAR}: {exc}") from None
     if client:
-        raise ValueError(f"${ENV_VAR}: {', '.join(sorted(client))} change what calls return: "
-                         "give them to Elevator() in code, or use "
+        raise ValueError(f"${ENV_VAR}: {', '.join(sorted(client))}: client options change "
+                         "what calls return or when they fail: give them to Elevator() in "
+                         "code, or use "
                          f"Elevator.from_url(os.environ[{ENV_VAR!r}])")
     return endpoint, db, pool

@@ -47,3 +47,15 @@ def test_bad_urls_name_the_problem(url, message):
 def test_url_must_be_a_str():
     with pytest.raises(TypeError, match="url must be a str, not bytes"):
         parse(b"elevator://h")
+
+
+def test_open_is_a_client_option():
+    assert parse("elevator://h/d?open=false")[3] == {"open": False}
+    with pytest.raises(ValueError, match="parameter 'open'"):
+        parse("elevator://h/d?open=later")
+
+
+def test_open_in_the_environment_is_refused_with_the_way_out():
+    from pyelevator_pool.urls import from_environment
+    with pytest.raises(ValueError, match=r"ELEVATOR_URL: open: client options.*from_url"):
+        from_environment({"ELEVATOR_URL": "elevator://h/d?open=false"})
