@@ -30,6 +30,8 @@ GC_PAUSE_THRESHOLD = 256 * 1024
 #: how long the first poll for a reply waits before the slow path, which also watches
 #: the socket's monitor for a lost connection. Most replies arrive well within it.
 _FAST_POLL_MS = 20
+#: plain ints on the hot path: pyzmq's IntFlag arithmetic runs Python code at each use
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 #: handshake failures reported by the socket's monitor (CURVE refused, mechanism mismatch,
 #: a wrong server key), and the success that clears them.
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -147,6 +149,9 @@ class Connection:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
+        # the fast path's wait for a reply: a registered poller, not sock.poll's new one per call
+        self._reply_poller = zmq.Poller()
+        self._reply_poller.register(sock, zmq.POLLIN)
 
     def __repr__(self) -> str:
         state = "tainted" if self.is_tainted else ("closed" if self.is_closed else "open")
@@ -318,7 +323,7 @@ class Connection:
         sock = self.socket
         sent = False
         try:
-            if self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
+            if self._monitor.get(_EVENTS) & _POLLIN:
                 # Events from before this request: a disconnect says nothing about it,
                 # but updates whether a connection exists now.
                 self._drain_monitor()
@@ -332,7 +337,7 @@ class Connection:
                 # meta.timeout must say what is left now, not before the wait
                 frame = self._encode(cmd, args, uid, rid, compression, stream, deadline)
             try:
-                sock.send(frame, zmq.NOBLOCK)
+                sock.send(frame, _NOBLOCK)
             except zmq.Again as exc:
                 # The queue to the server is full (a high-water mark of requests): not sent,
                 # and the socket is still good.
@@ -484,7 +489,7 @@ class Connection:
         while True:
             if not watched:
                 remaining_ms = int((deadline - time.monotonic()) * 1000)
-                ready = sock.poll(min(_FAST_POLL_MS, max(remaining_ms, 0)))
+                ready = self._reply_poller.poll(min(_FAST_POLL_MS, max(remaining_ms, 0)))
                 if not ready:
                     watched = True
                     continue
