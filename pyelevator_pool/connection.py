@@ -161,6 +161,11 @@ class Connection:
     def is_closed(self) -> bool:
         return self.socket.closed
 
+    @property
+    def zmq_sockets(self) -> Tuple[zmq.Socket, zmq.Socket]:
+        """The ZeroMQ sockets this connection opened: its DEALER and its monitor."""
+        return self.socket, self._monitor
+
     def close(self) -> None:
         """Close at once, dropping anything queued (LINGER=0). Only from the owning process."""
         if os.getpid() != self.pid:

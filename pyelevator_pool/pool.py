@@ -7,8 +7,11 @@ the ZeroMQ context and the socket factory.
 """
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import zmq
 
@@ -31,6 +34,37 @@ READS_IN_FLIGHT = 2
 #: requests of one database in flight before callers queue to be merged: up to four
 #: threads never wait for each other (merging them was slower than not).
 ALONE_IN_FLIGHT = 4
+
+
+class _Remains:
+    """The sockets and the context a pool would leave if it were never closed, closed when
+    the garbage collector frees the pool (a :func:`weakref.finalize`). A pool is a
+    reference cycle: collected with it, its sockets would still be open when pyzmq's
+    ``Context.__del__`` terminates the context, which then waits for them forever. Held
+    here, they outlive the pool's collection and are closed first."""
+
+    def __init__(self, context: zmq.Context, owns_context: bool) -> None:
+        self.pid = os.getpid()
+        self.context = context
+        self.owns_context = owns_context
+        self._lock = threading.Lock()
+        self._sockets: List[zmq.Socket] = []
+
+    def add(self, sockets: Sequence[zmq.Socket]) -> None:
+        with self._lock:
+            self._sockets = [s for s in self._sockets if not s.closed]
+            self._sockets.extend(sockets)
+
+    def __call__(self) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child never touches its parent's sockets
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            if not sock.closed:
+                sock.close(0)
+        if self.owns_context and not self.context.closed:
+            self.context.term()
 
 
 class ElevatorPool:
@@ -128,6 +162,7 @@ class ElevatorPool:
         self._security = security
         self._owns_context = context is None
         self._context = context if context is not None else zmq.Context()
+        self._watch_remains()
         #: what the clients on this pool cache about the server (uids, limits).
         self.facts = ServerFacts()
         self._slots = SocketPool(
@@ -155,14 +190,22 @@ class ElevatorPool:
         one of its own); terminated by :meth:`close` when the pool made it."""
         return self._live_context()
 
+    def _watch_remains(self) -> None:
+        self._remains = _Remains(self._context, self._owns_context)
+        self._finalizer = weakref.finalize(self, self._remains)
+        # at exit other (daemon) threads may still be using the sockets: leave them be
+        self._finalizer.atexit = False
+
     def _new_connection(self) -> Connection:
         try:
-            return Connection(self._context, self.endpoint,
+            conn = Connection(self._context, self.endpoint,
                               heartbeat_interval=self.heartbeat_interval, security=self._security,
                               connect_timeout=self.connect_timeout)
         except zmq.ZMQError as exc:
             raise errors.from_zmq(exc, f"cannot open a socket to {self.endpoint}",
                                   request_sent=False) from exc
+        self._remains.add(conn.zmq_sockets)
+        return conn
 
     def _after_fork(self) -> None:
         # The child must never touch the parent's context (pyzmq refuses to from
@@ -172,6 +215,8 @@ class ElevatorPool:
         else:
             self._context = zmq.Context.instance()
             self._owns_context = False
+        self._finalizer.detach()  # the parent's remains are the parent's
+        self._watch_remains()
         self.facts = ServerFacts()
         self._caller = Caller(self._slots, self.facts, retry=self.retry,
                               connect_timeout=self.connect_timeout)
