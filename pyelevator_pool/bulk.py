@@ -27,10 +27,10 @@ import threading
 import time
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union, cast
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union, cast, overload
 
 from . import args, errors
-from .client import RANGE_ITER_PAGE, Elevator, Key
+from .client import RANGE_ITER_PAGE, Elevator, Key, Out
 from .pool import ElevatorPool
 from .protocol import BATCH_PUT
 from .retry import RetryPolicy
@@ -47,7 +47,7 @@ DEFAULT_BATCH_SIZE = 2_000
 DEFAULT_WORKERS = 2
 
 Pair = Tuple[Key, Any]
-ClientOrPool = Union[Elevator, ElevatorPool]
+ClientOrPool = Union[Elevator[Any], ElevatorPool]
 
 
 @dataclass(frozen=True)
@@ -391,6 +391,21 @@ def _run(loader: _Loader, it: Iterator[Any], name: str, batch_size: int, workers
             bad_index=getattr(failure, "index", None)) from failure
     return LoadReport(pairs=pairs, batches=loader.batches, retries=retries, elapsed=elapsed,
                       rate=pairs / elapsed if elapsed > 0 else 0.0, skipped=skipped)
+
+
+# Pairs of what the client returns (bytes, or str with decode_responses); a pool's are bytes.
+@overload
+def dump(client_or_pool: Elevator[Out], start: Optional[Key] = None, stop: Optional[Key] = None,
+         prefix: Optional[Key] = None, *, db_name: Optional[str] = None,
+         page_size: int = RANGE_ITER_PAGE, timeout: Optional[float] = None
+         ) -> Iterator[Tuple[Out, Out]]: ...
+
+
+@overload
+def dump(client_or_pool: ElevatorPool, start: Optional[Key] = None, stop: Optional[Key] = None,
+         prefix: Optional[Key] = None, *, db_name: Optional[str] = None,
+         page_size: int = RANGE_ITER_PAGE, timeout: Optional[float] = None
+         ) -> Iterator[Tuple[bytes, bytes]]: ...
 
 
 def dump(client_or_pool: ClientOrPool, start: Optional[Key] = None, stop: Optional[Key] = None,

@@ -8,7 +8,7 @@ the ZeroMQ context and the socket factory.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, TypedDict, cast
 
 import zmq
 
@@ -23,7 +23,7 @@ from .retry import RetryPolicy
 from .security import CurveKeys
 from .slots import SocketPool
 
-__all__ = ["ElevatorPool"]
+__all__ = ["ElevatorPool", "PoolStats"]
 
 #: merged reads of one database in flight at once: the server reads one while the
 #: client sends or answers the other.
@@ -31,6 +31,30 @@ READS_IN_FLIGHT = 2
 #: requests of one database in flight before callers queue to be merged: up to four
 #: threads never wait for each other (merging them was slower than not).
 ALONE_IN_FLIGHT = 4
+
+
+class PoolStats(TypedDict):
+    """What :meth:`ElevatorPool.stats` returns (counters since the pool was made, or since
+    a fork in the child)."""
+
+    size: int  #: open sockets
+    in_use: int  #: sockets checked out or being opened
+    idle: int
+    max_size: int
+    waiting: int  #: threads waiting for a socket
+    checkouts: int
+    wait_time_total: float  #: seconds spent waiting for a socket, summed
+    timeouts: int  #: calls that got no reply in time
+    checkout_timeouts: int
+    retries: int
+    replaced: int  #: sockets closed as unusable and replaced
+    health_checks: int
+    stale_replies: int  #: late replies recognised by id and dropped
+    server_timeouts: int  #: the server's TIMEOUT answer: not started in time, nothing done
+    merged_calls: int  #: calls answered by a merged request
+    merged_requests: int  #: the merged requests sent for them
+    queued: int  #: calls waiting now to be merged
+    closed: bool
 
 
 class ElevatorPool:
@@ -262,7 +286,7 @@ class ElevatorPool:
 
     # --------------------------------------------------------------------- state
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> PoolStats:
         """Counters: ``size`` (open sockets), ``in_use``, ``idle``, ``max_size``, ``waiting``,
         ``checkouts``, ``wait_time_total`` (seconds), ``timeouts`` (calls that got no reply
         in time), ``checkout_timeouts``, ``retries``, ``replaced``, ``health_checks``,
@@ -277,7 +301,7 @@ class ElevatorPool:
         out["merged_calls"] = self.reads.merged_calls + self.writes.merged_calls
         out["merged_requests"] = self.reads.merged_requests + self.writes.merged_requests
         out["queued"] = self.reads.queued() + self.writes.queued()
-        return out
+        return cast(PoolStats, out)
 
     def __repr__(self) -> str:
         s = self.stats()
