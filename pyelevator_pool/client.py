@@ -334,11 +334,12 @@ class Elevator(Generic[Out]):
     def _text(value: Any) -> str:
         return value.decode("utf-8") if isinstance(value, bytes) else value
 
-    def _out(self, value: Any) -> Any:
+    def _out(self, value: bytes) -> Out:
         """A key or value for the user: bytes, or str with decode_responses."""
+        # The ignores: decode_responses is what makes Out str or bytes, a checker cannot see it.
         if self.decode_responses and isinstance(value, bytes):
-            return decode(value, self.encoding_errors)
-        return value
+            return decode(value, self.encoding_errors)  # type: ignore[return-value]
+        return value  # type: ignore[return-value]
 
     def _out_values(self, values: List[Optional[bytes]]) -> List[Any]:
         if self.decode_responses:
