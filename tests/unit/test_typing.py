@@ -3,6 +3,7 @@ user's code type-checks against it under ``mypy --strict``, with precise types
 (tests/typecheck: a program from the README, the revealed types, wrong uses refused)."""
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -103,3 +104,48 @@ def test_pool_stats_typeddict_lists_exactly_what_stats_returns():
     wrong = {k: type(v).__name__ for k, v in stats.items()
              if type(v) is not hints[k] and not (hints[k] is float and type(v) is int)}
     assert not wrong, f"values not of their declared type: {wrong}"
+
+
+def _functions(path) -> Dict[str, List[ast.FunctionDef]]:
+    """qualified name -> its definitions in ``path`` (the overloads, then the implementation)."""
+    out: Dict[str, List[ast.FunctionDef]] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.FunctionDef):
+                out.setdefault(prefix + child.name, []).append(child)
+    visit(ast.parse(path.read_text(encoding="utf-8")), "")
+    return out
+
+
+def _params(f: ast.FunctionDef) -> List[str]:
+    a = f.args
+    return [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs] \
+        + ([f"**{a.kwarg.arg}"] if a.kwarg is not None else [])
+
+
+@pytest.mark.parametrize("module", ["client.py", "bulk.py"])
+def test_overloads_take_every_parameter_of_their_implementation(module):
+    # A parameter added to an implementation and not to its overloads is invisible to a
+    # checker (Elevator's would fall into **pool_options as Any): mypy does not say so.
+    overloaded = {name: defs for name, defs in _functions(ROOT / "pyelevator_pool" / module).items()
+                  if len(defs) > 1}
+    assert overloaded
+    for name, defs in overloaded.items():
+        *overloads, implementation = defs
+        for number, overload in enumerate(overloads, 1):
+            # (an overload may name more: what the implementation takes as **options)
+            left_out = [p for p in _params(implementation) if p not in _params(overload)]
+            assert not left_out, f"{module}: overload {number} of {name} lacks {left_out}"
+
+
+def test_no_method_of_elevator_returns_a_bare_elevator():
+    # A bare Elevator is Elevator[bytes]: a method returning the client itself must say
+    # Elevator[Out], or a decode_responses client would turn into a bytes one.
+    functions = _functions(ROOT / "pyelevator_pool" / "client.py")
+    bare = [name for name, defs in functions.items() if name.startswith("Elevator.")
+            for f in defs if f.returns is not None
+            and ast.unparse(f.returns).strip("'\"") == "Elevator"]
+    assert not bare, f"returns a bare Elevator (write Elevator[Out]): {bare}"
