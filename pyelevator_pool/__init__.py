@@ -18,7 +18,7 @@ from .errors import (AddressError, AuthenticationError, CompressionUnavailable, 
                      PoolClosed, PoolError,
                      PoolTimeout, ProtocolError, RequestError, ServerError, SignalError,
                      TransportError)
-from .pool import ElevatorPool
+from .pool import ElevatorPool, PoolStats
 from .retry import NO_RETRY, RetryPolicy
 from .security import CurveKeys
 
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "Elevator", "WriteBatch", "ElevatorPool", "RetryPolicy", "NO_RETRY", "CurveKeys",
+    "Elevator", "WriteBatch", "ElevatorPool", "PoolStats", "RetryPolicy", "NO_RETRY", "CurveKeys",
     "ElevatorError", "ServerError", "ElevatorKeyError", "ElevatorTypeError", "ElevatorValueError",
     "ElevatorIndexError", "ElevatorRuntimeError", "ElevatorOSError", "DatabaseError",
     "SignalError", "RequestError", "TransportError", "ElevatorTimeout", "ConnectionError",

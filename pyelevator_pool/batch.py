@@ -5,19 +5,22 @@ No I/O here: :class:`~pyelevator_pool.client.WriteBatch` adds the client that wr
 from __future__ import annotations
 
 import threading
-from typing import List
+from typing import Any, List, Tuple
 
 from .args import Key, Value, to_bytes
 from .protocol import BATCH_DELETE, BATCH_PUT
 
-__all__ = ["PendingWrites"]
+__all__ = ["PendingWrites", "Op"]
+
+#: one operation of a BATCH: (BATCH_PUT, key, value) or (BATCH_DELETE, key)
+Op = Tuple[Any, ...]
 
 
 class PendingWrites:
     """Puts and deletes in the order they were added, safe to add from several threads."""
 
     def __init__(self) -> None:
-        self._ops: List[tuple] = []
+        self._ops: List[Op] = []
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -44,7 +47,7 @@ class PendingWrites:
         with self._lock:
             self._ops.clear()
 
-    def pending(self) -> List[tuple]:
+    def pending(self) -> List[Op]:
         """A copy of the operations to write now."""
         with self._lock:
             return list(self._ops)

@@ -27,10 +27,11 @@ import threading
 import time
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union, cast, overload
 
 from . import args, errors
-from .client import RANGE_ITER_PAGE, Elevator, Key
+from .batch import Op
+from .client import RANGE_ITER_PAGE, Elevator, Key, Out
 from .pool import ElevatorPool
 from .protocol import BATCH_PUT
 from .retry import RetryPolicy
@@ -47,7 +48,7 @@ DEFAULT_BATCH_SIZE = 2_000
 DEFAULT_WORKERS = 2
 
 Pair = Tuple[Key, Any]
-ClientOrPool = Union[Elevator, ElevatorPool]
+ClientOrPool = Union[Elevator[Any], ElevatorPool]
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class _BadPair(ValueError):
         self.index = index
 
 
-def _find_bad_pair(ops: List[tuple], base: int) -> Optional[_BadPair]:
+def _find_bad_pair(ops: List[Op], base: int) -> Optional[_BadPair]:
     """The first op whose key or value is not str/bytes (the server or msgpack refused it)."""
     for i, op in enumerate(ops):
         try:
@@ -119,7 +120,7 @@ def _find_bad_pair(ops: List[tuple], base: int) -> Optional[_BadPair]:
     return None
 
 
-def _build_ops(chunk: List[Any], base: int) -> Tuple[List[tuple], Optional[_BadPair]]:
+def _build_ops(chunk: List[Any], base: int) -> Tuple[List[Op], Optional[_BadPair]]:
     """BATCH ops for ``chunk``; on a malformed item, the ops before it and the error.
 
     Tuples, not lists (msgpack packs both as arrays): a tuple of a bytes pair is
@@ -130,7 +131,7 @@ def _build_ops(chunk: List[Any], base: int) -> Tuple[List[tuple], Optional[_BadP
     try:
         return [(BATCH_PUT, k, v) for k, v in chunk], None
     except (TypeError, ValueError):  # not a 2-item pair: find which one, keep those before
-        ops: List[tuple] = []
+        ops: List[Op] = []
         for i, pair in enumerate(chunk):
             try:
                 k, v = pair
@@ -182,10 +183,10 @@ class _Loader:
         self.batches = 0
         self.next_seq = 0            # the first batch not yet known written
         self.prefix_end = 0          # input index just past the contiguous written prefix
-        self.completed: dict = {}    # seq -> end index, for batches past the prefix
+        self.completed: Dict[int, int] = {}    # seq -> end index, for batches past the prefix
         # One slot per batch queued or in flight: bounds memory to 2 * workers batches.
         self.slots = threading.Semaphore(2 * workers)
-        self.tasks: "queue.SimpleQueue[Optional[Tuple[int, int, List[tuple]]]]" = queue.SimpleQueue()
+        self.tasks: "queue.SimpleQueue[Optional[Tuple[int, int, List[Op]]]]" = queue.SimpleQueue()
 
     def fail(self, seq: float, exc: BaseException, *, cancel: bool = True) -> None:
         """Record a failure. ``cancel``: batches queued but not yet sent are dropped
@@ -391,6 +392,21 @@ def _run(loader: _Loader, it: Iterator[Any], name: str, batch_size: int, workers
             bad_index=getattr(failure, "index", None)) from failure
     return LoadReport(pairs=pairs, batches=loader.batches, retries=retries, elapsed=elapsed,
                       rate=pairs / elapsed if elapsed > 0 else 0.0, skipped=skipped)
+
+
+# Pairs of what the client returns (bytes, or str with decode_responses); a pool's are bytes.
+@overload
+def dump(client_or_pool: Elevator[Out], start: Optional[Key] = None, stop: Optional[Key] = None,
+         prefix: Optional[Key] = None, *, db_name: Optional[str] = None,
+         page_size: int = RANGE_ITER_PAGE, timeout: Optional[float] = None
+         ) -> Iterator[Tuple[Out, Out]]: ...
+
+
+@overload
+def dump(client_or_pool: ElevatorPool, start: Optional[Key] = None, stop: Optional[Key] = None,
+         prefix: Optional[Key] = None, *, db_name: Optional[str] = None,
+         page_size: int = RANGE_ITER_PAGE, timeout: Optional[float] = None
+         ) -> Iterator[Tuple[bytes, bytes]]: ...
 
 
 def dump(client_or_pool: ClientOrPool, start: Optional[Key] = None, stop: Optional[Key] = None,

@@ -928,7 +928,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.curve_client_key = getattr(args, "curve_client_key", None) \
         or os.environ.get("ELEVATOR_CURVE_CLIENT_KEY")
     try:
-        code = args.func(args)
+        code: int = args.func(args)
         if sys.stdout is not None:
             try:
                 sys.stdout.flush()  # here, not at exit, where a failure is a traceback

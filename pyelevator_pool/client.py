@@ -7,7 +7,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Generic, Iterator, List, Literal, Optional,
+                    Sequence, Tuple, Union, overload)
 
 from . import args as check
 from . import errors, protocol, urls
@@ -18,6 +19,16 @@ from .pool import ElevatorPool
 from .protocol import Status
 
 __all__ = ["Elevator", "WriteBatch", "Key", "Value", "to_bytes"]
+
+if TYPE_CHECKING:
+    # A default (PEP 696) makes a bare ``Elevator`` annotation mean ``Elevator[bytes]``;
+    # typing.TypeVar takes one only from 3.13, and checkers bundle typing_extensions' stubs.
+    from typing_extensions import TypeVar
+    #: what a client returns keys and values as: bytes, or str with decode_responses
+    Out = TypeVar("Out", bytes, str, default=bytes)
+else:
+    from typing import TypeVar
+    Out = TypeVar("Out", bytes, str)
 
 
 _DEFAULT_ENDPOINT = "127.0.0.1:4141"
@@ -59,7 +70,7 @@ def _after(key: bytes) -> bytes:
     return key + b"\x00"
 
 
-class Elevator:
+class Elevator(Generic[Out]):
     """A thread-safe client of one Elevator server, bound to one database.
 
     One ``Elevator`` may be shared by every thread of a program: each call checks a
@@ -97,7 +108,34 @@ class Elevator:
 
     Raises DatabaseError for an unknown database, ElevatorTimeout/ConnectionError
     when the server cannot be reached.
+
+    For type checkers it is ``Elevator[bytes]``, or ``Elevator[str]`` when made with
+    ``decode_responses=True`` (``docs/typing.rst``).
     """
+
+    @overload
+    def __init__(self: Elevator[bytes], db_name: Optional[str] = None, *,
+                 endpoint: Optional[str] = None, transport: Optional[str] = None,
+                 timeout: Optional[float] = None, pool: Optional[ElevatorPool] = None,
+                 decode_responses: Literal[False] = False, compression: bool = False,
+                 coalesce: Optional[bool] = None, encoding_errors: str = "strict",
+                 open: bool = True, **pool_options: Any) -> None: ...
+
+    @overload
+    def __init__(self: Elevator[str], db_name: Optional[str] = None, *,
+                 endpoint: Optional[str] = None, transport: Optional[str] = None,
+                 timeout: Optional[float] = None, pool: Optional[ElevatorPool] = None,
+                 decode_responses: Literal[True], compression: bool = False,
+                 coalesce: Optional[bool] = None, encoding_errors: str = "strict",
+                 open: bool = True, **pool_options: Any) -> None: ...
+
+    @overload
+    def __init__(self: Elevator[Any], db_name: Optional[str] = None, *,
+                 endpoint: Optional[str] = None, transport: Optional[str] = None,
+                 timeout: Optional[float] = None, pool: Optional[ElevatorPool] = None,
+                 decode_responses: bool = False, compression: bool = False,
+                 coalesce: Optional[bool] = None, encoding_errors: str = "strict",
+                 open: bool = True, **pool_options: Any) -> None: ...
 
     def __init__(self, db_name: Optional[str] = None, *, endpoint: Optional[str] = None,
                  transport: Optional[str] = None, timeout: Optional[float] = None,
@@ -152,7 +190,7 @@ class Elevator:
                 self.close()
                 raise
 
-    def open(self, *, timeout: Optional[float] = None) -> "Elevator":
+    def open(self, *, timeout: Optional[float] = None) -> "Elevator[Out]":
         """Resolve the binding to the database now (DBCONNECT) and return this client;
         nothing to do once resolved (at construction, by an earlier call or ``open``).
         Thread-safe: threads opening at once send one DBCONNECT. Raises what
@@ -197,8 +235,24 @@ class Elevator:
         self._open(whole, deadline)
         return _left(deadline)
 
+    # A URL's decode_responses is only known at run time: Elevator[Any] unless the
+    # keyword (which overrides the URL's) says.
+    @overload
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> "Elevator":
+    def from_url(cls, url: str, *, decode_responses: Literal[False],
+                 **options: Any) -> Elevator[bytes]: ...
+
+    @overload
+    @classmethod
+    def from_url(cls, url: str, *, decode_responses: Literal[True],
+                 **options: Any) -> Elevator[str]: ...
+
+    @overload
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Elevator[Any]: ...
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Elevator[Any]:
         """A client configured by an Elevator URL (:mod:`pyelevator_pool.urls`):
         ``elevator://host:4141/mydb?timeout=5&max_size=16`` or
         ``elevator+ipc:///run/elevator.sock?db=mydb``. ``options`` override the URL's."""
@@ -340,11 +394,12 @@ class Elevator:
     def _text(value: Any) -> str:
         return value.decode("utf-8") if isinstance(value, bytes) else value
 
-    def _out(self, value: Any) -> Any:
+    def _out(self, value: bytes) -> Out:
         """A key or value for the user: bytes, or str with decode_responses."""
+        # The ignores: decode_responses is what makes Out str or bytes, a checker cannot see it.
         if self.decode_responses and isinstance(value, bytes):
-            return decode(value, self.encoding_errors)
-        return value
+            return decode(value, self.encoding_errors)  # type: ignore[return-value]
+        return value  # type: ignore[return-value]
 
     def _out_values(self, values: List[Optional[bytes]]) -> List[Any]:
         if self.decode_responses:
@@ -447,7 +502,7 @@ class Elevator:
         return _texts(datas)
 
     def Get(self, key: Key, *, timeout: Optional[float] = None,
-            compression: Optional[bool] = None) -> Any:
+            compression: Optional[bool] = None) -> Out:
         """The value of ``key`` (bytes, or str with decode_responses).
 
         Raises ElevatorKeyError (a ``KeyError``) when the key does not exist.
@@ -467,7 +522,8 @@ class Elevator:
         return self._out(value)
 
     def MGet(self, keys: Sequence[Key], fill_cache: bool = False, *,
-             timeout: Optional[float] = None, compression: Optional[bool] = None) -> List[Any]:
+             timeout: Optional[float] = None,
+             compression: Optional[bool] = None) -> List[Optional[Out]]:
         """The values of ``keys`` (a list or tuple), in order, ``None`` for each missing key.
 
         ``fill_cache``: let the reads fill LevelDB's block cache (True for small,
@@ -606,6 +662,32 @@ class Elevator:
         self._pool.writes.call(binding, [op], size, deadline, alone, merged,
                                f"{cmd} to {self._pool.endpoint}")
 
+    # The item shapes (also Slice's and RangeIter's): [key, value] by default; the bare key
+    # or value when a flag is False; Any when a flag is a bool known only at run time.
+    @overload
+    def Range(self, start: Optional[Key] = None, limit: Union[Key, int, None] = None, *,
+              include_key: Literal[True] = True, include_value: Literal[True] = True,
+              prefix: Optional[Key] = None, timeout: Optional[float] = None,
+              compression: Optional[bool] = None) -> List[List[Out]]: ...
+
+    @overload
+    def Range(self, start: Optional[Key] = None, limit: Union[Key, int, None] = None, *,
+              include_key: bool = True, include_value: Literal[False],
+              prefix: Optional[Key] = None, timeout: Optional[float] = None,
+              compression: Optional[bool] = None) -> List[Out]: ...
+
+    @overload
+    def Range(self, start: Optional[Key] = None, limit: Union[Key, int, None] = None, *,
+              include_key: Literal[False], include_value: bool = True,
+              prefix: Optional[Key] = None, timeout: Optional[float] = None,
+              compression: Optional[bool] = None) -> List[Out]: ...
+
+    @overload
+    def Range(self, start: Optional[Key] = None, limit: Union[Key, int, None] = None, *,
+              include_key: bool = True, include_value: bool = True,
+              prefix: Optional[Key] = None, timeout: Optional[float] = None,
+              compression: Optional[bool] = None) -> List[Any]: ...
+
     def Range(self, start: Optional[Key] = None, limit: Union[Key, int, None] = None, *,
               include_key: bool = True, include_value: bool = True,
               prefix: Optional[Key] = None, timeout: Optional[float] = None,
@@ -642,6 +724,26 @@ class Elevator:
                                           page, timeout))
         return self._out_items(items or [], include_key, include_value)
 
+    @overload
+    def Slice(self, key_from: Optional[Key], count: int, *, include_key: Literal[True] = True,
+              include_value: Literal[True] = True, timeout: Optional[float] = None,
+              compression: Optional[bool] = None) -> List[List[Out]]: ...
+
+    @overload
+    def Slice(self, key_from: Optional[Key], count: int, *, include_key: bool = True,
+              include_value: Literal[False], timeout: Optional[float] = None,
+              compression: Optional[bool] = None) -> List[Out]: ...
+
+    @overload
+    def Slice(self, key_from: Optional[Key], count: int, *, include_key: Literal[False],
+              include_value: bool = True, timeout: Optional[float] = None,
+              compression: Optional[bool] = None) -> List[Out]: ...
+
+    @overload
+    def Slice(self, key_from: Optional[Key], count: int, *, include_key: bool = True,
+              include_value: bool = True, timeout: Optional[float] = None,
+              compression: Optional[bool] = None) -> List[Any]: ...
+
     def Slice(self, key_from: Optional[Key], count: int, *, include_key: bool = True,
               include_value: bool = True, timeout: Optional[float] = None,
               compression: Optional[bool] = None) -> List[Any]:
@@ -663,6 +765,30 @@ class Elevator:
         items = self._call(protocol.SLICE, args, timeout=timeout, compression=compression,
                            stream=STREAM_PAGE if count > STREAM_PAGE else 0).datas
         return self._out_items(items or [], include_key, include_value)
+
+    @overload
+    def RangeIter(self, key_from: Optional[Key] = None, key_to: Optional[Key] = None, *,
+                  include_key: Literal[True] = True, include_value: Literal[True] = True,
+                  prefix: Optional[Key] = None, page_size: int = RANGE_ITER_PAGE,
+                  timeout: Optional[float] = None) -> Iterator[List[Out]]: ...
+
+    @overload
+    def RangeIter(self, key_from: Optional[Key] = None, key_to: Optional[Key] = None, *,
+                  include_key: bool = True, include_value: Literal[False],
+                  prefix: Optional[Key] = None, page_size: int = RANGE_ITER_PAGE,
+                  timeout: Optional[float] = None) -> Iterator[Out]: ...
+
+    @overload
+    def RangeIter(self, key_from: Optional[Key] = None, key_to: Optional[Key] = None, *,
+                  include_key: Literal[False], include_value: bool = True,
+                  prefix: Optional[Key] = None, page_size: int = RANGE_ITER_PAGE,
+                  timeout: Optional[float] = None) -> Iterator[Out]: ...
+
+    @overload
+    def RangeIter(self, key_from: Optional[Key] = None, key_to: Optional[Key] = None, *,
+                  include_key: bool = True, include_value: bool = True,
+                  prefix: Optional[Key] = None, page_size: int = RANGE_ITER_PAGE,
+                  timeout: Optional[float] = None) -> Iterator[Any]: ...
 
     def RangeIter(self, key_from: Optional[Key] = None, key_to: Optional[Key] = None, *,
                   include_key: bool = True, include_value: bool = True,
@@ -745,7 +871,7 @@ class Elevator:
         if self._owns_pool:
             self._pool.close()
 
-    def __enter__(self) -> "Elevator":
+    def __enter__(self) -> "Elevator[Out]":
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -768,7 +894,7 @@ class WriteBatch(PendingWrites):
     Operations added by other threads while ``Write`` runs are kept for the next one.
     """
 
-    def __init__(self, db_name: Optional[str] = None, *, elevator: Optional[Elevator] = None,
+    def __init__(self, db_name: Optional[str] = None, *, elevator: Optional[Elevator[Any]] = None,
                  **elevator_options: Any) -> None:
         super().__init__()
         if elevator is not None:

@@ -11,7 +11,7 @@ import os
 import threading
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypedDict, cast
 
 import zmq
 
@@ -26,7 +26,7 @@ from .retry import RetryPolicy
 from .security import CurveKeys
 from .slots import SocketPool
 
-__all__ = ["ElevatorPool"]
+__all__ = ["ElevatorPool", "PoolStats"]
 
 #: merged reads of one database in flight at once: the server reads one while the
 #: client sends or answers the other.
@@ -65,6 +65,28 @@ class _Remains:
                 sock.close(0)
         if self.owns_context and not self.context.closed:
             self.context.term()
+class PoolStats(TypedDict):
+    """What :meth:`ElevatorPool.stats` returns (counters since the pool was made, or since
+    a fork in the child)."""
+
+    size: int  #: open sockets
+    in_use: int  #: sockets checked out or being opened
+    idle: int
+    max_size: int
+    waiting: int  #: threads waiting for a socket
+    checkouts: int
+    wait_time_total: float  #: seconds spent waiting for a socket, summed
+    timeouts: int  #: calls that got no reply in time
+    checkout_timeouts: int
+    retries: int
+    replaced: int  #: sockets closed as unusable and replaced
+    health_checks: int
+    stale_replies: int  #: late replies recognised by id and dropped
+    server_timeouts: int  #: the server's TIMEOUT answer: not started in time, nothing done
+    merged_calls: int  #: calls answered by a merged request
+    merged_requests: int  #: the merged requests sent for them
+    queued: int  #: calls waiting now to be merged
+    closed: bool
 
 
 class ElevatorPool:
@@ -313,7 +335,7 @@ class ElevatorPool:
 
     # --------------------------------------------------------------------- state
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> PoolStats:
         """Counters: ``size`` (open sockets), ``in_use``, ``idle``, ``max_size``, ``waiting``,
         ``checkouts``, ``wait_time_total`` (seconds), ``timeouts`` (calls that got no reply
         in time), ``checkout_timeouts``, ``retries``, ``replaced``, ``health_checks``,
@@ -328,7 +350,7 @@ class ElevatorPool:
         out["merged_calls"] = self.reads.merged_calls + self.writes.merged_calls
         out["merged_requests"] = self.reads.merged_requests + self.writes.merged_requests
         out["queued"] = self.reads.queued() + self.writes.queued()
-        return out
+        return cast(PoolStats, out)
 
     def __repr__(self) -> str:
         s = self.stats()

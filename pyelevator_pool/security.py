@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import List, Set, Tuple, Union
+from typing import Any, List, Set, Tuple, Union
 
 import zmq
 import zmq.auth
@@ -169,7 +169,7 @@ class CurveKeys:
         public, secret = load_key_pair(client_secret_file)
         return cls(load_public_key(server_public_file), public, secret)
 
-    def __call__(self, sock: zmq.Socket) -> None:
+    def __call__(self, sock: zmq.Socket[Any]) -> None:
         """Configure a new socket as a CURVE client of the server."""
         sock.curve_serverkey = self.server_public_key
         sock.curve_publickey = self.public_key

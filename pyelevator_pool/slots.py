@@ -14,7 +14,8 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import (Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Set, Tuple,
+                    TypeVar)
 
 from . import errors
 
@@ -93,7 +94,7 @@ class SocketPool:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._all: set = set()  # open sockets, idle or in use
+        self._all: Set[Conn] = set()  # open sockets, idle or in use
         self._idle: Dict[Conn, None] = {}  # insertion-ordered: popitem() is the last returned
         self._opening = 0  # slots granted to a thread that is opening a socket in it
         self._waiters: Deque[_Waiter] = collections.deque()

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import zmq
 
@@ -24,8 +24,8 @@ from . import protocol
 __all__ = ["ServerProcess", "ping"]
 
 
-def ping(endpoint: str, timeout: float = 1.0, context: Optional[zmq.Context] = None,
-         security: Optional[Callable[[zmq.Socket], None]] = None) -> bool:
+def ping(endpoint: str, timeout: float = 1.0, context: Optional[zmq.Context[Any]] = None,
+         security: Optional[Callable[[zmq.Socket[Any]], None]] = None) -> bool:
     """True when a server at ``endpoint`` answers PING within ``timeout`` seconds.
 
     ``security`` configures the socket first (a ``CurveKeys`` for a CURVE server).
@@ -58,9 +58,9 @@ class ServerProcess:
     def __init__(self, data_dir: Optional[str] = None, *, args: Sequence[str] = (),
                  port: int = 0, start_timeout: float = 20.0, log_path: Optional[str] = None,
                  python: str = sys.executable,
-                 security: Optional[Callable[[zmq.Socket], None]] = None) -> None:
+                 security: Optional[Callable[[zmq.Socket[Any]], None]] = None) -> None:
         self.security = security
-        self._tmp: Optional[tempfile.TemporaryDirectory] = None
+        self._tmp: Optional[tempfile.TemporaryDirectory[str]] = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="elevator-")
             data_dir = self._tmp.name
@@ -70,7 +70,7 @@ class ServerProcess:
         self.start_timeout = start_timeout
         self.python = python
         self.log_path = log_path or os.path.join(self.data_dir, "server.log")
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: Optional[subprocess.Popen[bytes]] = None
         self.endpoint: Optional[str] = None
 
     def command(self) -> List[str]:
@@ -158,5 +158,5 @@ class ServerProcess:
     def __enter__(self) -> "ServerProcess":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.stop()
