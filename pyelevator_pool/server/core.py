@@ -502,7 +502,7 @@ class Server:
                 continue
             if big or scheduler.is_heavy(request) or scheduler.write_must_wait(
                     request.cmd, request.uid) or dispatcher.stream_page(request):
-                scheduler.submit(ident, received, request=request, size=len(frame))
+                scheduler.submit(ident, received, request=request, request_size=len(frame))
                 continue
             reply = scheduler.expired_reply(request, received) or dispatcher.run(request)
             send(ident, reply)
