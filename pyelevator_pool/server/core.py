@@ -13,6 +13,7 @@ clients that need order use ``meta.id``.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import logging
@@ -454,7 +455,8 @@ class Server:
         (and writes behind a queued write to their database) with the scheduler."""
         handled = 0
         # CURVE with a key directory: every request's sender is checked (revoked keys).
-        recv = self._recv_plain if self._peer_keys is None else self._recv_authorized
+        recv = functools.partial(self._peer_book.recv, front) if self._peer_keys is None \
+            else self._recv_authorized
         send = self._outbox.send  # type: ignore[union-attr]
         scheduler = self._scheduler
         assert scheduler is not None
@@ -590,9 +592,6 @@ class Server:
                 out.send_multipart([tid.to_bytes(8, "little"), *frames], copy=False)
         finally:
             out.close()
-
-    def _recv_plain(self, flags: int = 0) -> List[bytes]:
-        return self._peer_book.recv(self._front, flags)  # type: ignore[arg-type]
 
     def _peer_gone(self, ident: bytes) -> None:
         self._peer_book.forget(ident)
