@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                    type=str.upper, help="(default: %(default)s)")
+    p.add_argument("--slow-log-ms", type=arg_type("slow_log_ms", number, convert=float,
+                                                  expected="a number of milliseconds",
+                                                  inclusive=True),
+                   default=100.0, metavar="MS",
+                   help="log a WARNING line for every request that takes at least MS "
+                        "milliseconds from receipt to reply (fractions allowed); 0 never "
+                        "(default: %(default)s)")
     return p
 
 
@@ -195,6 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     curve_secret_key=args.curve_secret_key,
                     curve_authorized_keys=args.curve_authorized_keys,
                     heartbeat_interval=args.heartbeat_interval)
+    config.slow_log_ms = args.slow_log_ms
     server = Server(config)
     server.install_signal_handlers()  # a SIGTERM during startup stops it as cleanly
     try:

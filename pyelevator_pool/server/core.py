@@ -13,6 +13,7 @@ clients that need order use ``meta.id``.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import logging
@@ -34,6 +35,8 @@ from ..security import load_key_pair
 from .handlers import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE,
                        FAST_GET_MAX_FRAME, Dispatcher)
 from .outbox import Outbox, RateLimitedLog
+from .peers import PeerBook
+from .reqlog import RequestLog
 from .scheduler import Scheduler, Task
 from .stats import Stats, reply_error
 from .store import Store
@@ -62,6 +65,8 @@ class Config:
     max_message_size: int = protocol.DEFAULT_MAX_MESSAGE_SIZE
     sync: bool = False
     workers: int = 2
+    #: a request taking this long (ms, receipt to reply) is logged; 0: never
+    slow_log_ms: float = 100.0
     unmount_after: float = 600.0
     ready_file: Optional[str] = None
     max_keys: int = DEFAULT_MAX_KEYS
@@ -120,6 +125,9 @@ class Server:
         self._running: Dict[int, Task] = {}
         self._task_ids = itertools.count()
         self._rate_log = RateLimitedLog()
+        self._peer_book = PeerBook()
+        self._reqlog = RequestLog(config.slow_log_ms, name_of=self.store.name_of,
+                                  peers=self._peer_book, rate_log=self._rate_log)
         self._outbox: Optional[Outbox] = None
         self._scheduler: Optional[Scheduler] = None
         self._started = time.monotonic()
@@ -280,8 +288,10 @@ class Server:
         front = self._front
         assert front is not None
         frames = front.recv_multipart(flags, copy=False)
+        self._peer_book.learn(frames[0].bytes, frames[0])
         if not self._peer_allowed(frames[-1]):
             ident, refusal = frames[0].bytes, self._auth_refusal(frames)
+            self._reqlog.failed(ident, None, None, refusal, ErrorCode.AUTH)
             if self._outbox is not None:
                 self._outbox.send(ident, refusal)
             else:
@@ -322,7 +332,10 @@ class Server:
     def _monitor_front(self, ctx: "_ServerContext", front: zmq.Socket) -> None:
         """Watch the ROUTER for failed accepts (out of file descriptors, above all)."""
         try:
-            monitor = front.get_monitor_socket(zmq.EVENT_ACCEPT_FAILED)
+            events = zmq.EVENT_ACCEPT_FAILED
+            if log.isEnabledFor(logging.DEBUG):  # connection lines: only when they are shown
+                events |= zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+            monitor = front.get_monitor_socket(events)
         except zmq.ZMQError as exc:
             log.warning("cannot monitor the listening socket: %s", exc)
             return
@@ -361,6 +374,10 @@ class Server:
                 if event == zmq.EVENT_ACCEPT_FAILED:
                     self._accept_failures += 1
                     self._accept_errno = value
+                elif event == zmq.EVENT_ACCEPTED:
+                    self._peer_book.opened(value)
+                elif event == zmq.EVENT_DISCONNECTED:
+                    self._peer_book.closed(value)
         if self._accept_failures and now >= self._accept_log_next:
             self._accept_log_next = now + 1.0
             limit = _open_files_limit()
@@ -420,6 +437,7 @@ class Server:
                     except (OSError, ValueError) as exc:  # ValueError: a *.key without a key
                         log.error("reloading the authorized keys: %s (keeping the old ones)", exc)
                 self._drain_front_monitor()
+                self._rate_log.flush()
                 now = time.monotonic()
                 if now >= next_stream_check:
                     next_stream_check = now + 1.0
@@ -437,7 +455,8 @@ class Server:
         (and writes behind a queued write to their database) with the scheduler."""
         handled = 0
         # CURVE with a key directory: every request's sender is checked (revoked keys).
-        recv = front.recv_multipart if self._peer_keys is None else self._recv_authorized
+        recv = functools.partial(self._peer_book.recv, front) if self._peer_keys is None \
+            else self._recv_authorized
         send = self._outbox.send  # type: ignore[union-attr]
         scheduler = self._scheduler
         assert scheduler is not None
@@ -445,6 +464,8 @@ class Server:
         dispatcher = self.dispatcher
         fast_get = dispatcher.fast_get
         stats = self.stats
+        reqlog = self._reqlog
+        slow_after = reqlog.slow_after
         received = time.monotonic()
         while handled < budget:
             try:
@@ -456,9 +477,11 @@ class Server:
                 continue
             if len(frames) != 2:
                 rid = protocol.peek_id(frames[1]) if len(frames) > 1 else None
-                send(frames[0], encode_error_reply(
+                reply = encode_error_reply(
                     ErrorCode.REQUEST, f"request has {len(frames) - 1} frames, expected 1",
-                    id=rid))
+                    id=rid)
+                send(frames[0], reply)
+                reqlog.failed(frames[0], None, None, reply, ErrorCode.REQUEST)
                 continue
             ident, frame = frames
             if len(frame) <= FAST_GET_MAX_FRAME:
@@ -480,19 +503,25 @@ class Server:
                 else:
                     request = dispatcher.decode(frame)
             except ProtocolError as exc:
-                send(ident, dispatcher.decode_failure(exc))
+                reply = dispatcher.decode_failure(exc)
+                send(ident, reply)
+                reqlog.failed(ident, None, None, reply, exc.code)
                 continue
             if request.cmd == protocol.CREDIT:
                 scheduler.credit(ident, request.args)
                 continue
             if big or scheduler.is_heavy(request) or scheduler.write_must_wait(
                     request.cmd, request.uid) or dispatcher.stream_page(request):
-                scheduler.submit(ident, received, request=request)
+                scheduler.submit(ident, received, request=request, request_size=len(frame))
                 continue
             reply = scheduler.expired_reply(request, received) or dispatcher.run(request)
             send(ident, reply)
             answered = time.monotonic()
-            stats.record(request.cmd, answered - received, answered, reply_error(reply))
+            error = reply_error(reply)
+            stats.record(request.cmd, answered - received, answered, error)
+            if error is not None or answered - received >= slow_after:
+                reqlog.answered(ident, request.cmd, request.uid, len(frame), reply,
+                                answered - received, error)
         return handled
 
     def _pump(self) -> None:
@@ -533,7 +562,27 @@ class Server:
             n += 1
             task = self._running.pop(int.from_bytes(frames[0].bytes, "little"))
             scheduler.complete(task, frames[1:])
+            self._log_task(task, frames[1:])
         return n
+
+    def _log_task(self, task: Task, frames: List[Any]) -> None:
+        """The slow-request and failure lines of a worker's reply (timed from receipt to
+        sent); a stream's later pages are not timed (they wait for their reader's credit)."""
+        if task.stream is not None:
+            return
+        header = frames[0].bytes
+        error = reply_error([header])
+        seconds = time.monotonic() - task.received
+        if error is None and seconds < self._reqlog.slow_after:
+            return
+        request = task.request
+        cmd: Optional[str]
+        if request is not None:
+            cmd, uid = request.cmd, request.uid
+        else:  # decoded on the worker: read again what the loop peeked
+            _, cmd, uid = protocol.peek(task.frame or b"")
+        self._reqlog.answered(task.ident, cmd, uid, task.request_size, [header, *frames[1:]],
+                              seconds, error)
 
     def _worker(self) -> None:
         assert self._ctx is not None
@@ -553,6 +602,7 @@ class Server:
             out.close()
 
     def _peer_gone(self, ident: bytes) -> None:
+        self._peer_book.forget(ident)
         self._rate_log(logging.INFO, "peer-gone", "a client went away before its replies "
                        "were sent; its queued reads and streams are dropped")
         if self._scheduler is not None:
@@ -585,6 +635,7 @@ class Server:
             self._pump()
             outbox.flush()
             self._drain_front_monitor()  # out of descriptors, libzmq waits for this reader
+            self._rate_log.flush()
             if not reading and not forwarded and not self._running and not scheduler.has_work():
                 if scheduler.open_streams():
                     scheduler.end_streams("the server is stopping: stream ended")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Sequence
 
 import zmq
+
+from .ratelog import RateLimitedLog
 
 __all__ = ["Outbox", "RateLimitedLog", "PEER_BACKLOG_BYTES", "PEER_BACKLOG_COUNT"]
 
@@ -26,26 +27,6 @@ PEER_BACKLOG_COUNT = 10_000
 #: messages ZeroMQ queues per peer before a send reports the queue full: small, because
 #: each may be a large reply, and the backlog above takes over beyond it
 ROUTER_SNDHWM = 32
-
-
-class RateLimitedLog:
-    """At most one log line per ``interval`` seconds per cause; counts what it held back."""
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self.interval = interval
-        self._last: Dict[str, float] = {}
-        self._held: Dict[str, int] = {}
-
-    def __call__(self, level: int, cause: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(cause, -self.interval) < self.interval:
-            self._held[cause] = self._held.get(cause, 0) + 1
-            return
-        held = self._held.pop(cause, 0)
-        self._last[cause] = now
-        if held:
-            message += f" ({held} more like it in the last {self.interval:g}s)"
-        log.log(level, message, *args)
 
 
 _SENT, _FULL, _GONE = object(), object(), object()

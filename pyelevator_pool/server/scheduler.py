@@ -71,11 +71,12 @@ class Task:
     """One unit of work for a worker: a request (decoded or not) or a stream's next page."""
 
     __slots__ = ("ident", "frame", "request", "received", "lane", "stream", "size", "rid",
-                 "more", "new_stream", "admitted")
+                 "more", "new_stream", "admitted", "request_size")
 
     def __init__(self, ident: bytes, received: float, *, frame: Optional[bytes] = None,
                  request: Optional[protocol.Request] = None, lane: Optional[str] = None,
-                 stream: Optional[Stream] = None, rid: Any = None) -> None:
+                 stream: Optional[Stream] = None, rid: Any = None,
+                 request_size: int = 0) -> None:
         self.ident = ident
         self.frame = frame
         self.request = request
@@ -83,6 +84,8 @@ class Task:
         self.lane = lane
         self.stream = stream
         self.size = len(frame) if frame is not None else 0
+        #: bytes of the request frame, for the slow-request log (size counts queued frames)
+        self.request_size = self.size or request_size
         self.rid = request.id if request is not None else rid
         self.more = False          # set by execute: a stream page that others follow
         self.new_stream: Optional[Stream] = None
@@ -151,10 +154,10 @@ class Scheduler:
 
     def submit(self, ident: bytes, received: float, *, request: Optional[protocol.Request] = None,
                frame: Optional[bytes] = None, rid: Any = None, cmd: Optional[str] = None,
-               uid: Optional[str] = None) -> None:
+               uid: Optional[str] = None, request_size: int = 0) -> None:
         """Queue a heavy request (decoded, or a frame too big to decode on the loop, with
         what :func:`peek` read of it), or refuse it at once when its client has too much
-        waiting already."""
+        waiting already. ``request_size``: the bytes of a decoded request's frame (for the logs)."""
         if request is not None:
             cmd, uid = request.cmd, request.uid
         peer = self._peers.get(ident)
@@ -177,7 +180,8 @@ class Scheduler:
             self._refuse(ident, rid if request is None else request.id, cmd, reason)
             return
         lane = uid if cmd in WRITES and uid else None
-        task = Task(ident, received, frame=frame, request=request, lane=lane, rid=rid)
+        task = Task(ident, received, frame=frame, request=request, lane=lane, rid=rid,
+                    request_size=request_size)
         peer.pending += 1
         self.pending_bytes += size
         self._enqueue(("l", lane) if lane is not None else ("p", ident), task)
