@@ -490,6 +490,9 @@ class Server:
                     send(ident, reply)
                     answered = time.monotonic()
                     stats.record(protocol.GET, answered - received, answered, None)
+                    if answered - received >= slow_after:  # rare: decode it for the db's name
+                        reqlog.answered(ident, protocol.GET, dispatcher.decode(frame).uid,
+                                        len(frame), reply, answered - received, None)
                     continue
             big = len(frame) > _BIG_FRAME
             if big and workers:

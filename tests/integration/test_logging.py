@@ -37,6 +37,7 @@ def test_a_slow_request_is_one_line_with_command_db_sizes_duration_and_peer(slow
             c.call(protocol.PUT, [b"r%05d" % i, b"x" * 100], uid)
         reply = c.call(protocol.RANGE, [b"r", b"s"], uid)  # heavy: run by a worker
         assert len(reply.datas) == 300
+        assert c.call(protocol.GET, [b"k"], uid).datas == [b"v" * 1000]  # the GET fast path
     pattern = r"slow request: cmd=PUT db=slowdb ms=[0-9.]+ request_bytes=(\d+) " \
               r"reply_bytes=(\d+) status=ok peer=127\.0\.0\.1 conn=[0-9a-f]+"
     assert wait_until(lambda: _lines(slow_server, pattern), timeout=10)
@@ -46,6 +47,8 @@ def test_a_slow_request_is_one_line_with_command_db_sizes_duration_and_peer(slow
     assert "WARNING" in line
     admin = r"slow request: cmd=DBCREATE db=- ms=[0-9.]+ request_bytes=(\d+) "
     assert int(re.search(admin, _lines(slow_server, admin)[0]).group(1)) > 0  # type: ignore
+    gets = r"slow request: cmd=GET db=slowdb ms=[0-9.]+ request_bytes=\d+ reply_bytes=\d+ status=ok"
+    assert wait_until(lambda: _lines(slow_server, gets), timeout=10)
     ranges = r"slow request: cmd=RANGE db=slowdb ms=[0-9.]+ request_bytes=\d+ " \
              r"reply_bytes=(\d+) status=ok peer=127\.0\.0\.1"
     assert wait_until(lambda: _lines(slow_server, ranges), timeout=10)
