@@ -44,10 +44,12 @@ def free_port() -> int:
 
 # ------------------------------------------------------------------ raw echo
 
-#: ROUTER in, the same frames out; exits when its stdin closes. ``python -c``, not
+#: a ROUTER child process: prints its port, runs ANSWER for each request (``frames``:
+#: identity and request), exits when its stdin closes. ``python -c``, not
 #: multiprocessing, so that it never re-imports the caller's __main__.
-_ECHO_CODE = r"""
+_ROUTER_CODE = r"""
 import sys, zmq
+SETUP
 ctx = zmq.Context()
 sock = ctx.socket(zmq.ROUTER)
 sock.linger = 0
@@ -66,12 +68,20 @@ while running:
                     frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                sock.send_multipart(frames, copy=False)
+ANSWER
         else:
             running = False  # stdin readable: closed by the parent
 sock.close(0)
 ctx.term()
 """
+
+
+def _router_code(answer: str, setup: str = "") -> str:
+    return _ROUTER_CODE.replace("SETUP", setup).replace("ANSWER", answer)
+
+
+#: ROUTER in, the same frames out.
+_ECHO_CODE = _router_code("                sock.send_multipart(frames, copy=False)")
 
 
 class EchoServer:
@@ -147,40 +157,17 @@ class EchoClient:
 # ------------------------------------------------------ minimal GET server
 
 #: ROUTER over one plyvel database (argv[1]): each GET answered in the loop with the
-#: reply frames this project's server sends; exits when its stdin closes.
-_FLOOR_CODE = r"""
-import sys, msgpack, plyvel, zmq
+#: reply frames this project's server sends.
+_FLOOR_CODE = _router_code(setup="""
+import msgpack, plyvel
 db = plyvel.DB(sys.argv[1])
-ctx = zmq.Context()
-sock = ctx.socket(zmq.ROUTER)
-sock.linger = 0
-port = sock.bind_to_random_port("tcp://127.0.0.1")
-sys.stdout.write(f"{port}\n")
-sys.stdout.flush()
-poller = zmq.Poller()
-poller.register(sock, zmq.POLLIN)
-poller.register(sys.stdin.fileno(), zmq.POLLIN)
 packb, unpackb, get = msgpack.packb, msgpack.unpackb, db.get
-running = True
-while running:
-    for what, _ in poller.poll(1000):
-        if what is sock:
-            while True:
-                try:
-                    ident, frame = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                req = unpackb(frame, raw=False)
-                value = get(req["args"][0])
+""", answer="""\
+                req = unpackb(frames[1].bytes, raw=False)
                 header = {"status": 1, "err_code": None, "err_msg": None,
                           "compression": False, "id": req["meta"].get("id")}
-                sock.send_multipart([ident, packb(header), packb({"datas": value})])
-        else:
-            running = False
-sock.close(0)
-ctx.term()
-db.close()
-"""
+                sock.send_multipart([frames[0], packb(header),
+                                     packb({"datas": [get(req["args"][0])]})], copy=False)""")
 
 
 class FloorGetServer(EchoServer):
