@@ -485,14 +485,14 @@ class Server:
                 continue
             ident, frame = frames
             if len(frame) <= FAST_GET_MAX_FRAME:
-                reply = fast_get(frame, received)
-                if reply is not None:
-                    send(ident, reply)
+                fast = fast_get(frame, received)
+                if fast is not None:
+                    send(ident, fast)
                     answered = time.monotonic()
                     stats.record(protocol.GET, answered - received, answered, None)
                     if answered - received >= slow_after:  # rare: decode it for the db's name
                         reqlog.answered(ident, protocol.GET, dispatcher.decode(frame).uid,
-                                        len(frame), reply, answered - received, None)
+                                        len(frame), fast, answered - received, None)
                     continue
             big = len(frame) > _BIG_FRAME
             if big and workers:
