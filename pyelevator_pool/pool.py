@@ -216,7 +216,7 @@ class ElevatorPool:
         self._remains = _Remains(self._context, self._owns_context)
         self._finalizer = weakref.finalize(self, self._remains)
         # at exit other (daemon) threads may still be using the sockets: leave them be
-        self._finalizer.atexit = False
+        setattr(self._finalizer, "atexit", False)  # older typeshed has no atexit attribute
 
     def _new_connection(self) -> Connection:
         try:
