@@ -23,7 +23,7 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 #: every file with examples, and the fewest it may hold: a page whose examples vanish
 #: (a broken code block, a lost section) fails here instead of passing with nothing run
 MIN_EXAMPLES: Dict[str, int] = {
-    "README.rst": 30,
+    "README.rst": 39,
     "docs/bulk.rst": 16,
     "docs/client.rst": 59,
     "docs/getting-started.rst": 5,
