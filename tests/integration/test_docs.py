@@ -143,6 +143,16 @@ def test_docs_build_without_warnings(tmp_path):
     api = (tmp_path / "html" / "api.html").read_text(encoding="utf-8")
     # autodoc found the docstrings (an import failure would leave the page empty)
     assert "ElevatorPool" in api and "RetryPolicy" in api
+    # The pages show exactly the examples that run: none comes from elsewhere (a docstring
+    # pulled in by autodoc, an included file) without being tested.
+    parser = doctest.DocTestParser()
+    for page in sorted((tmp_path / "html").glob("*.html")):
+        if page.stem in ("genindex", "search", "py-modindex"):
+            continue
+        shown = page.read_text(encoding="utf-8").count('<span class="gp">&gt;&gt;&gt; </span>')
+        source = ROOT / "docs" / (page.stem + ".rst")
+        run = len(parser.get_examples(source.read_text(encoding="utf-8")))
+        assert shown == run, f"{page.name} shows {shown} examples, {source.name} runs {run}"
 
 
 @pytest.mark.parametrize("page, source", [
