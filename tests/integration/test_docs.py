@@ -91,24 +91,18 @@ def test_examples_run(name, doc_server):
 
 def _console_examples(text: str) -> List[Tuple[int, str, str]]:
     """``(line, command, expected output)`` of every ``$ `` line of the ``console`` blocks."""
-    examples: List[Tuple[int, str, str]] = []
+    examples: List[Tuple[int, str, List[str]]] = []
     in_block = False
-    current: List = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.startswith(".. code-block::"):
             in_block = line.split("::", 1)[1].strip() == "console"
-            continue
-        if in_block and line and not line.startswith(" "):
-            in_block = False
-        if not in_block:
-            continue
-        body = line[4:]
-        if body.startswith("$ "):
-            current = [number, body[2:], []]
-            examples.append(current)  # type: ignore[arg-type]
-        elif current and body.strip():
-            current[2].append(body)
-    return [(n, cmd, "\n".join(out)) for n, cmd, out in examples]
+        elif in_block and line and not line.startswith(" "):
+            in_block = False  # the block's text ended
+        elif in_block and line[4:].startswith("$ "):
+            examples.append((number, line[6:], []))
+        elif in_block and examples and line.strip():
+            examples[-1][2].append(line[4:])
+    return [(number, command, "\n".join(output)) for number, command, output in examples]
 
 
 def test_cli_page_examples_run(doc_server, tmp_path):
@@ -168,7 +162,7 @@ def test_every_flag_and_command_is_documented(page, source):
     else:
         from pyelevator_pool.cli import build_parser as cli_parser
         sub = next(a for a in cli_parser()._actions if a.dest == "command")
-        names = list(sub.choices)  # type: ignore[arg-type]
+        names = list(sub.choices)
     assert names
     missing = [n for n in names if not re.search(r"``[^`]*" + re.escape(n) + r"\b", text)]
     assert not missing, f"{page} does not mention {missing}"
