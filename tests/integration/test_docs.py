@@ -109,7 +109,7 @@ def test_cli_page_examples_run(doc_server, tmp_path):
     """Each command of docs/cli.rst's console blocks, in order, in one scratch directory,
     exits 0 and prints what the page shows (``...`` matches anything)."""
     examples = _console_examples((ROOT / "docs" / "cli.rst").read_text(encoding="utf-8"))
-    assert len(examples) >= 15, examples
+    assert len(examples) >= 19, examples
     env = dict(os.environ)
     # the console's 'elevator' is this interpreter's
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
