@@ -185,6 +185,9 @@ class ElevatorPool:
             raise TypeError(f"context must be a zmq.Context, not {type(context).__name__}")
         if security is not None and not callable(security):
             raise TypeError("security must be callable (it configures each new socket)")
+        self._tracer_provider = tracer_provider
+        #: the spans of this pool's calls; None: not traced (tracing.tracer_for)
+        self.tracer: Optional[CallTracer] = tracer_for(tracer_provider, self.endpoint)
         self.max_size = max_size
         self.timeout = float(timeout)
         self.checkout_timeout = float(checkout_timeout)
@@ -204,9 +207,6 @@ class ElevatorPool:
             health_check_timeout=min(1.0, self.timeout),
             tally=("stale_replies", "server_timeouts"),
             on_fork=self._after_fork, on_drained=self._terminate_context)
-        self._tracer_provider = tracer_provider
-        #: the spans of this pool's calls; None: not traced (tracing.tracer_for)
-        self.tracer: Optional[CallTracer] = tracer_for(tracer_provider, self.endpoint)
         self._caller = Caller(self._slots, self.facts, retry=retry,
                               connect_timeout=self.connect_timeout, tracer=self.tracer)
         self.coalesce = coalesce
