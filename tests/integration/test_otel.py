@@ -430,3 +430,16 @@ def test_installed_but_not_configured_means_not_traced():
             pool.close()
     with pytest.raises(TypeError, match="TracerProvider"):
         ElevatorPool("127.0.0.1:1", tracer_provider=object())  # type: ignore[arg-type]
+
+
+def test_the_observability_page_renders_and_names_every_instrument_and_traced_call():
+    import docutils.core
+
+    from pyelevator_pool.client import _SPANS
+    text = (ROOT / "docs" / "observability.rst").read_text(encoding="utf-8")
+    docutils.core.publish_doctree(text, settings_overrides={
+        "halt_level": 2, "report_level": 2, "warning_stream": False})
+    for name in METRICS:
+        assert f"``{name}``" in text, name
+    for method in set(_SPANS) - {"_write_batch"} | {"RangeIter", "WriteBatch.Write"}:
+        assert f"``{method}``" in text, method
