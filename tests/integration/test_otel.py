@@ -5,6 +5,7 @@ global provider and a program without OpenTelemetry in subprocesses (the global 
 can be set once per process, and these must not see this process's imports)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -443,3 +444,16 @@ def test_the_observability_page_renders_and_names_every_instrument_and_traced_ca
         assert f"``{name}``" in text, name
     for method in set(_SPANS) - {"_write_batch"} | {"RangeIter", "WriteBatch.Write"}:
         assert f"``{method}``" in text, method
+
+
+def test_the_tracing_benchmark_runs_each_mode_as_it_says():
+    # No speed asserted: each child checks that it traced (or imported OpenTelemetry) as
+    # its mode says, and the run fails otherwise.
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.tracing", "--rounds", "1",
+                           "--calls", "20", "--threads", "2", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)["figures"]
+    assert set(figures) == {"absent", "no provider", "sdk"}
+    for f in figures.values():
+        assert f["rounds"] == 1 and f["get_us"] > 0 and f["ops_s"] > 0
