@@ -12,17 +12,19 @@ from .facts import ServerFacts
 from .protocol import Reply
 from .retry import RetryPolicy
 from .slots import Conn, SocketPool
+from .tracing import CallTracer
 
 __all__ = ["Caller"]
 
 
 class Caller:
     def __init__(self, slots: SocketPool, facts: ServerFacts, *, retry: RetryPolicy,
-                 connect_timeout: float) -> None:
+                 connect_timeout: float, tracer: Optional[CallTracer] = None) -> None:
         self._slots = slots
         self._facts = facts
         self.retry = retry
         self.connect_timeout = connect_timeout
+        self.tracer = tracer  # a retry is an event of the current call's span
         self._lock = threading.Lock()
         self.retries = 0
         self.timeouts = 0  # calls that got no reply in time
@@ -46,9 +48,11 @@ class Caller:
                 describe=f"{cmd} to {self._slots.name}", on_retry=self._count_retry,
                 started=started)
 
-    def _count_retry(self) -> None:
+    def _count_retry(self, attempt: int, cause: Optional[BaseException], wait: float) -> None:
         with self._lock:
             self.retries += 1
+        if self.tracer is not None:
+            self.tracer.retried(attempt, cause, wait)
 
     def _attempt(self, cmd: str, args: Sequence, uid: Optional[str], deadline: float,
                  compression: bool, stream: int, whole: float) -> Reply:

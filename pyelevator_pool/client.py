@@ -4,6 +4,7 @@ The client knows commands and argument shapes; it knows nothing of sockets.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -17,6 +18,7 @@ from .batch import PendingWrites
 from .decoding import check_errors, decode
 from .pool import ElevatorPool
 from .protocol import Status
+from .tracing import CallTracer, Described
 
 __all__ = ["Elevator", "WriteBatch", "Key", "Value", "to_bytes"]
 
@@ -51,6 +53,51 @@ _LIMIT_PAGE = 10 * RANGE_ITER_PAGE
 MERGED_MGET = 64
 
 _ONLY_BYTES = {bytes}
+
+
+# What the span of each traced method says (tracing.py): its wire command, its database
+# (the bound one, the one named by its first argument, or none: a server command) and
+# its number of keys or operations. They take the method's arguments and never raise.
+def _bound(cmd: str) -> Callable[..., Described]:
+    return lambda client, *a, **k: (cmd, client.db_name, None)
+
+
+def _named(cmd: str) -> Callable[..., Described]:
+    def describe(client: "Elevator[Any]", *a: Any, **k: Any) -> Described:
+        name = a[0] if a else k.get("db_name")
+        return cmd, name if isinstance(name, str) else client.db_name, None
+    return describe
+
+
+def _server(cmd: str) -> Callable[..., Described]:
+    return lambda client, *a, **k: (cmd, None, None)
+
+
+def _sized(cmd: str, param: str) -> Callable[..., Described]:
+    def describe(client: "Elevator[Any]", *a: Any, **k: Any) -> Described:
+        items = a[0] if a else k.get(param)
+        return cmd, client.db_name, len(items) if isinstance(items, (list, tuple)) else None
+    return describe
+
+
+def _range(client: "Elevator[Any]", *a: Any, **k: Any) -> Described:
+    limit = a[1] if len(a) > 1 else k.get("limit")
+    counted = isinstance(limit, int) and not isinstance(limit, bool)  # Range's Slice
+    return protocol.SLICE if counted else protocol.RANGE, client.db_name, None
+
+
+#: the methods whose calls are spans when the pool traces (RangeIter: one span for the
+#: whole iteration, see RangeIter); WriteBatch.Write's is _write_batch's
+_SPANS: Dict[str, Callable[..., Described]] = {
+    "Get": _bound(protocol.GET), "MGet": _sized(protocol.MGET, "keys"),
+    "Put": _bound(protocol.PUT), "Delete": _bound(protocol.DELETE),
+    "Exists": _bound(protocol.EXISTS), "Range": _range, "Slice": _bound(protocol.SLICE),
+    "_write_batch": _sized(protocol.BATCH, "ops"), "Ping": _server(protocol.PING),
+    "info": _server(protocol.INFO), "listdb": _server(protocol.DBLIST),
+    "connect": _named(protocol.DBCONNECT), "createdb": _named(protocol.DBCREATE),
+    "dropdb": _named(protocol.DBDROP), "repairdb": _named(protocol.DBREPAIR),
+    "mount": _named(protocol.DBMOUNT), "unmount": _named(protocol.DBUMOUNT),
+}
 
 
 def _left(deadline: float) -> float:
@@ -183,12 +230,24 @@ class Elevator(Generic[Out]):
         #: the database and its uid; the uid is "" until the binding is resolved (open)
         self._binding: Tuple[str, str] = (name, "")
         self._open_lock = threading.Lock()
+        self._tracer = pool.tracer
+        #: told by the pool's coalescers that a call went merged (None: not traced)
+        self._note = None if self._tracer is None else self._tracer.coalesced
+        if self._tracer is not None:
+            self._trace(self._tracer)
         if open:
             try:
                 self._open(*self._budget(timeout))
             except BaseException:
                 self.close()
                 raise
+
+    def _trace(self, tracer: CallTracer) -> None:
+        # Wrapped on this instance, not in the class: a client that does not trace runs
+        # the plain methods and pays nothing per call.
+        for name, describe in _SPANS.items():
+            setattr(self, name, tracer.traced(getattr(self, name),
+                                              functools.partial(describe, self)))
 
     def open(self, *, timeout: Optional[float] = None) -> "Elevator[Out]":
         """Resolve the binding to the database now (DBCONNECT) and return this client;
@@ -645,7 +704,8 @@ class Elevator(Generic[Out]):
             return values
 
         return self._pool.reads.call((binding, fill_cache), keys, sum(map(len, keys)), deadline,
-                                     alone, merged, f"{cmd} to {self._pool.endpoint}")
+                                     alone, merged, f"{cmd} to {self._pool.endpoint}",
+                                     self._note)
 
     def _write(self, cmd: str, op: tuple, size: int, deadline: float, whole: float,
                alone: Callable[[], Any]) -> None:
@@ -660,7 +720,7 @@ class Elevator(Generic[Out]):
                        binding=binding)
 
         self._pool.writes.call(binding, [op], size, deadline, alone, merged,
-                               f"{cmd} to {self._pool.endpoint}")
+                               f"{cmd} to {self._pool.endpoint}", self._note)
 
     # The item shapes (also Slice's and RangeIter's): [key, value] by default; the bare key
     # or value when a flag is False; Any when a flag is a bool known only at run time.
@@ -704,8 +764,7 @@ class Elevator(Generic[Out]):
         if isinstance(limit, int) and not isinstance(limit, bool):
             if prefix is not None:
                 raise ValueError("prefix cannot be combined with an int limit (use RangeIter)")
-            return self.Slice(start, limit, include_key=include_key, include_value=include_value,
-                              timeout=timeout, compression=compression)
+            return self._slice(start, limit, include_key, include_value, timeout, compression)
         _check_flags(include_key, include_value)
         start_b = check.optional_bytes(start, "start")
         stop_b = check.optional_bytes(limit, "limit (a stop key or a count)")
@@ -720,8 +779,8 @@ class Elevator(Generic[Out]):
             if pfx is not None and (start_b is None or start_b < pfx):
                 start_b = pfx
             page = min(self._limits(timeout).get("max_items", _LIMIT_PAGE), _LIMIT_PAGE)
-            return list(self._range_pages(start_b, stop_b, pfx, include_key, include_value,
-                                          page, timeout))
+            return list(itertools.chain.from_iterable(self._range_pages(
+                start_b, stop_b, pfx, include_key, include_value, page, timeout)))
         return self._out_items(items or [], include_key, include_value)
 
     @overload
@@ -751,6 +810,11 @@ class Elevator(Generic[Out]):
 
         A ``count`` over the server's ``max_items`` is fetched page by page (``timeout``
         then applies to each page)."""
+        return self._slice(key_from, count, include_key, include_value, timeout, compression)
+
+    def _slice(self, key_from: Optional[Key], count: int, include_key: bool,
+               include_value: bool, timeout: Optional[float],
+               compression: Optional[bool]) -> List[Any]:
         check.integer("count", count)
         _check_flags(include_key, include_value)
         if count == 0:
@@ -760,7 +824,7 @@ class Elevator(Generic[Out]):
         if maximum is not None:
             pages = self._range_pages(start, None, None, include_key, include_value,
                                       min(maximum, _LIMIT_PAGE), timeout)
-            return list(itertools.islice(pages, count))
+            return list(itertools.islice(itertools.chain.from_iterable(pages), count))
         args = [start, count, include_key, include_value]
         items = self._call(protocol.SLICE, args, timeout=timeout, compression=compression,
                            stream=STREAM_PAGE if count > STREAM_PAGE else 0).datas
@@ -808,12 +872,18 @@ class Elevator(Generic[Out]):
         pfx = check.optional_bytes(prefix, "prefix")
         if pfx is not None and (start is None or start < pfx):
             start = pfx
-        return self._range_pages(start, stop, pfx, include_key, include_value, page_size, timeout)
+        pages = self._range_pages(start, stop, pfx, include_key, include_value, page_size, timeout)
+        if self._tracer is not None:
+            # one span from the first page to the end of the iteration, current while a
+            # page is fetched (its retries are its events)
+            pages = self._tracer.iterate(pages, protocol.SLICE, self.db_name)
+        return itertools.chain.from_iterable(pages)
 
     def _range_pages(self, start: Optional[bytes], stop: Optional[bytes], prefix: Optional[bytes],
                      include_key: bool, include_value: bool, page_size: int,
-                     timeout: Optional[float]) -> Iterator[Any]:
-        # A page is one SLICE: never more items than the server's max_items.
+                     timeout: Optional[float]) -> Iterator[List[Any]]:
+        """The items, page by page (lists). A page is one SLICE: never more items than the
+        server's max_items."""
         page_size = self._limit("max_items", page_size, timeout) or page_size
         while True:
             try:
@@ -843,7 +913,7 @@ class Elevator(Generic[Out]):
                 out = keys[:cut]
             else:
                 out = [p[1] for p in page[:cut]]
-            yield from self._out_items(out, include_key, include_value)
+            yield self._out_items(out, include_key, include_value)
             if cut < len(page) or len(page) < page_size:
                 return
             start = _after(last)

@@ -40,6 +40,9 @@ _QUEUED, _TAKEN, _LEAD, _DONE, _GONE = range(5)
 
 Alone = Callable[[], Any]
 Merged = Callable[[List[Any], float], Optional[List[Any]]]
+#: told, in the caller's thread, that its call is answered by a merged request (True: the
+#: caller's thread sends it)
+Note = Callable[[bool], None]
 
 
 class _Waiter:
@@ -111,13 +114,14 @@ class Coalescer:
             return sum(len(g.queue) for g in self._groups.values())
 
     def call(self, group: Hashable, items: Sequence[Any], size: int, deadline: float,
-             alone: Alone, merged: Merged, describe: str) -> Any:
+             alone: Alone, merged: Merged, describe: str, note: Optional[Note] = None) -> Any:
         """The result of one call of ``group``: ``alone()`` when it goes on its own,
         else its share of ``merged(items of the batch, deadline)``, which returns one
         result per item (a read) or None (a write: every member gets None).
 
         ``items`` must already be checked: a merged request carries other callers' items
         too. ``size`` is their payload in bytes. ``describe`` names the call in errors.
+        ``note``: told when the call is answered (or failed) by a merged request.
         """
         with self._lock:
             g = self._groups.get(group)
@@ -134,7 +138,7 @@ class Coalescer:
                 return alone()
             finally:
                 self._finished(g)
-        return self._wait(g, w, merged, describe)
+        return self._wait(g, w, merged, describe, note)
 
     # ----------------------------------------------------------------- internals
 
@@ -167,7 +171,8 @@ class Coalescer:
             batch.append(queue.popleft())
         return batch
 
-    def _wait(self, g: _Group, w: _Waiter, merged: Merged, describe: str) -> Any:
+    def _wait(self, g: _Group, w: _Waiter, merged: Merged, describe: str,
+              note: Optional[Note]) -> Any:
         remaining = w.deadline - time.monotonic()
         decided = w.lock.acquire(timeout=remaining) if remaining > 0 else w.lock.acquire(False)
         if not decided:
@@ -184,17 +189,22 @@ class Coalescer:
                     f"{describe}: no reply within the call's timeout (it waited to be sent "
                     "with other threads' calls and was never sent)", request_sent=False)
             if state == _TAKEN:
+                if note is not None:
+                    note(False)
                 raise errors.ElevatorTimeout(
                     f"{describe}: no reply within the call's timeout (sent merged with "
                     "other threads' calls)", request_sent=True)
             w.lock.acquire()  # its fate was decided at the deadline: wait the moment out
         if w.state == _LEAD:
-            return self._lead(g, w, merged, describe)
+            return self._lead(g, w, merged, describe, note)
+        if note is not None:
+            note(False)
         if w.error is not None:
             raise _own(w.error)
         return w.result
 
-    def _lead(self, g: _Group, leader: _Waiter, merged: Merged, describe: str) -> Any:
+    def _lead(self, g: _Group, leader: _Waiter, merged: Merged, describe: str,
+              note: Optional[Note]) -> Any:
         batch = leader.batch
         leader.batch = []
         results: Optional[List[Any]] = None
@@ -208,6 +218,8 @@ class Coalescer:
             if len(batch) == 1:
                 results = [leader.alone()]
             else:
+                if note is not None:
+                    note(True)
                 flat = [item for m in batch for item in m.items]
                 answers = merged(flat, leader.deadline)
                 results = _split(batch, answers)

@@ -11,7 +11,8 @@ import os
 import threading
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypedDict, cast
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
+                    TypedDict, cast)
 
 import zmq
 
@@ -25,6 +26,10 @@ from .protocol import Reply
 from .retry import RetryPolicy
 from .security import CurveKeys
 from .slots import SocketPool
+from .tracing import CallTracer, tracer_for
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["ElevatorPool", "PoolStats"]
 
@@ -130,6 +135,10 @@ class ElevatorPool:
         pair) for a server started with ``--curve-secret-key``: traffic is encrypted and
         the server checks this client's key. A refused key raises AuthenticationError
         at the first call, at once (never retried). Not together with ``security``.
+    :param tracer_provider: an OpenTelemetry ``TracerProvider``: every call of this pool's
+        clients is a span (docs/observability.rst). Default: the global provider, if the
+        program imported OpenTelemetry and set one before this pool was made (decided
+        once, here: a provider set later traces only the pools made after it).
     """
 
     @classmethod
@@ -151,7 +160,8 @@ class ElevatorPool:
                  connect_timeout: float = 0.5,
                  context: Optional[zmq.Context] = None,
                  security: Optional[Callable[[zmq.Socket], None]] = None,
-                 curve: Optional[CurveKeys] = None, coalesce: bool = True) -> None:
+                 curve: Optional[CurveKeys] = None, coalesce: bool = True,
+                 tracer_provider: Optional["TracerProvider"] = None) -> None:
         self.endpoint = normalize_endpoint(endpoint, transport)
         if curve is not None:
             if not isinstance(curve, CurveKeys):
@@ -175,6 +185,9 @@ class ElevatorPool:
             raise TypeError(f"context must be a zmq.Context, not {type(context).__name__}")
         if security is not None and not callable(security):
             raise TypeError("security must be callable (it configures each new socket)")
+        self._tracer_provider = tracer_provider
+        #: the spans of this pool's calls; None: not traced (tracing.tracer_for)
+        self.tracer: Optional[CallTracer] = tracer_for(tracer_provider, self.endpoint)
         self.max_size = max_size
         self.timeout = float(timeout)
         self.checkout_timeout = float(checkout_timeout)
@@ -195,7 +208,7 @@ class ElevatorPool:
             tally=("stale_replies", "server_timeouts"),
             on_fork=self._after_fork, on_drained=self._terminate_context)
         self._caller = Caller(self._slots, self.facts, retry=retry,
-                              connect_timeout=self.connect_timeout)
+                              connect_timeout=self.connect_timeout, tracer=self.tracer)
         self.coalesce = coalesce
         #: what merges the concurrent calls of the clients that coalesce: reads may have
         #: two requests in flight, writes one, so that they apply in the order queued.
@@ -241,7 +254,7 @@ class ElevatorPool:
         self._watch_remains()
         self.facts = ServerFacts()
         self._caller = Caller(self._slots, self.facts, retry=self.retry,
-                              connect_timeout=self.connect_timeout)
+                              connect_timeout=self.connect_timeout, tracer=self.tracer)
 
     def _live_context(self) -> zmq.Context:
         """This process's context: a fresh one in a forked child, never the parent's."""
@@ -318,6 +331,7 @@ class ElevatorPool:
         keys or ``security``, its retry policy and timeouts), ``overrides`` applied
         (``max_size=4, timeout=60`` ...): for a job that needs sockets of its own, such as
         a bulk load. The new pool shares this pool's context and must be closed first.
+        It traces if this one was given a ``tracer_provider``, else by the global rule.
         Raises TypeError for an option ElevatorPool does not take."""
         options: Dict[str, Any] = {
             "max_size": self.max_size, "timeout": self.timeout,
@@ -331,7 +345,7 @@ class ElevatorPool:
                             f"derived pool keeps: {', '.join(unknown)}")
         options.update(overrides)
         return ElevatorPool(self.endpoint, context=self._live_context(), security=self._security,
-                            **options)
+                            tracer_provider=self._tracer_provider, **options)
 
     # --------------------------------------------------------------------- state
 

@@ -88,7 +88,8 @@ class RetryPolicy:
     def call_after_failure(self, first: BaseException, attempt: Callable[[], T], *,
                            deadline: float, idempotent: bool, is_write: bool = False,
                            describe: str = "request",
-                           on_retry: Optional[Callable[[], None]] = None,
+                           on_retry: Optional[Callable[[int, Optional[BaseException], float],
+                                                       None]] = None,
                            started: Optional[float] = None) -> T:
         """Go on after ``first``, the failure of a first attempt made without tenacity.
 
@@ -96,7 +97,9 @@ class RetryPolicy:
         until it succeeds, a non-retryable error is raised, ``stop`` says stop, or
         ``deadline`` (a ``time.monotonic()`` value) is reached; the last error is raised.
         ``started`` (a ``time.monotonic()`` value, default now): when the call began, so
-        that ``stop_after_delay`` counts the first attempt too.
+        that ``stop_after_delay`` counts the first attempt too. ``on_retry(attempt, cause,
+        wait)``: called before each retry, with the failed attempt's number (1: the first),
+        its error and the seconds until the next one.
         """
         if not self.is_retryable(first, idempotent=idempotent, is_write=is_write):
             raise first
@@ -108,7 +111,7 @@ class RetryPolicy:
             with self._lock:
                 self.retries += 1
             if on_retry is not None:
-                on_retry()
+                on_retry(state.attempt_number, exc, state.upcoming_sleep)
             log.warning("%s failed (attempt %d: %s); retrying in %.3fs", describe,
                         state.attempt_number, exc, state.upcoming_sleep)
 

@@ -134,7 +134,8 @@ def test_non_retryable_first_failure_is_raised_as_is_without_retrying(exc, caplo
         with pytest.raises(type(exc)) as info:
             # a sent, non-idempotent request (DBCREATE): its fate is unknown
             policy.call_after_failure(exc, attempt, deadline=time.monotonic() + FAR,
-                                      idempotent=False, on_retry=lambda: counted.append(1))
+                                      idempotent=False,
+                                      on_retry=lambda *retry: counted.append(retry))
     assert info.value is exc
     assert attempt.calls == [] and sleep.waits == [] and counted == []
     assert policy.retries == 0
@@ -191,14 +192,20 @@ def test_authentication_error_during_retries_ends_them_at_once():
 def test_retries_until_success_counting_each_retry(failures):
     sleep = Recorder()
     policy = RetryPolicy(sleep=sleep)
-    counted: List[int] = []
-    attempt = failing([unsent_timeout() for _ in range(failures)], result="value")
-    got = policy.call_after_failure(sent_timeout(), attempt, deadline=time.monotonic() + FAR,
-                                    idempotent=True, on_retry=lambda: counted.append(1))
+    counted: List[tuple] = []
+    first = sent_timeout()
+    causes = [unsent_timeout() for _ in range(failures)]
+    attempt = failing(list(causes), result="value")
+    got = policy.call_after_failure(first, attempt, deadline=time.monotonic() + FAR,
+                                    idempotent=True,
+                                    on_retry=lambda *retry: counted.append(retry))
     assert got == "value"
     assert len(attempt.calls) == failures + 1  # the first attempt is not re-run
     assert len(sleep.waits) == failures + 1
     assert policy.retries == failures + 1 and len(counted) == failures + 1
+    # on_retry hears each failed attempt's number, its cause and the wait that follows
+    assert [(n, cause) for n, cause, _ in counted] == list(enumerate([first] + causes, 1))
+    assert [wait for _, _, wait in counted] == sleep.waits
 
 
 def test_retry_counter_accumulates_across_calls_of_one_policy():
