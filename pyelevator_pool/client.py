@@ -877,6 +877,10 @@ class Elevator(Generic[Out]):
                         break
                 if stream.complete:
                     return
+                if first.status != Status.FAILURE and not first.datas:
+                    # a new stream that ends nowhere: never loop on it
+                    raise errors.ProtocolError(
+                        f"RANGE: a stream from {self._pool.endpoint} sent no item and no end")
             finally:
                 stream.close()
 

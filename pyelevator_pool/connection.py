@@ -457,7 +457,7 @@ class Connection:
         them after the last. A failure page ends the stream and is the Reply."""
         items: list = []
         status: int = protocol.Status.SUCCESS
-        for page in self._pages(cmd, rid, head, content, lambda: deadline, timeout):
+        for page, _ in self._pages(cmd, rid, head, content, lambda: deadline, timeout):
             if page.status == protocol.Status.FAILURE:
                 return page
             if page.status == protocol.Status.WARNING:
@@ -468,9 +468,9 @@ class Connection:
     def iterate(self, cmd: str, args: Sequence, uid: Optional[str], *, page: int,
                 timeout: float, page_timeout: float, connect_timeout: Optional[float] = None,
                 max_message_size: Optional[Callable[["Connection", float], Optional[int]]] = None
-                ) -> Iterator[Reply]:
+                ) -> Iterator[Tuple[Reply, bool]]:
         """Send ``cmd`` (RANGE) as an iteration streamed in pages of at most ``page`` items
-        (meta ``iter``) and yield one Reply per page as the caller takes them, crediting
+        (meta ``iter``) and yield ``(Reply, is_last)`` per page as the caller takes them, crediting
         each page taken. ``timeout`` bounds the first page's wait, ``page_timeout`` each
         later one's. A failure page is the last Reply. Closing the generator early
         closes the stream (CREDIT [id, 0]). The request is sent, and its first page
@@ -479,14 +479,15 @@ class Connection:
         head, content = self._exchange(cmd, args, uid, rid, timeout, False, page, True,
                                        connect_timeout, timeout, max_message_size)
         if not head.get(protocol.MORE):
-            yield self._single(cmd, rid, head, content, True)
+            yield self._single(cmd, rid, head, content, True), True
             return
         yield from self._pages(cmd, rid, head, content,
                                lambda: time.monotonic() + page_timeout, page_timeout)
 
     def _pages(self, cmd: str, rid: int, head: dict, content: bytes,
-               deadline: Callable[[], float], timeout: float) -> Iterator[Reply]:
-        """The pages of a streamed reply, the first one already received, one Reply each;
+               deadline: Callable[[], float], timeout: float) -> Iterator[Tuple[Reply, bool]]:
+        """The pages of a streamed reply, the first one already received, as
+        ``(Reply, is_last)``;
         ``deadline()`` is asked for the time by which each further page must come.
 
         Pages must come as seq 0, 1, 2...: a gap, repeat or reversal raises
@@ -506,7 +507,7 @@ class Connection:
                     page_status = head.get("status")
                     if page_status == protocol.Status.FAILURE:
                         done = True
-                        yield self._failure(cmd, rid, head)
+                        yield self._failure(cmd, rid, head), True
                         return
                     if page_status not in (1, -2):
                         raise errors.ProtocolError(f"unknown status {page_status!r}")
@@ -519,7 +520,7 @@ class Connection:
                 more = head.get(protocol.MORE)
                 if not more:
                     done = True
-                yield Reply(page_status, None, head.get("err_msg"), rid, page)
+                yield Reply(page_status, None, head.get("err_msg"), rid, page), not more
                 if not more:
                     return
                 if seen_seq:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 from .protocol import Reply
 
@@ -51,15 +51,16 @@ class PageStream:
     (the child never touches the parent's socket).
     """
 
-    def __init__(self, conn: Any, pages: Iterator[Reply], checkin: Callable[[Any], None],
+    def __init__(self, conn: Any, pages: Iterator[Tuple[Reply, bool]], checkin: Callable[[Any], None],
                  release: Callable[[], None]) -> None:
         self._conn = conn
-        self._pages: Optional[Iterator[Reply]] = pages
+        self._pages: Optional[Iterator[Tuple[Reply, bool]]] = pages
         self._checkin = checkin
         self._release = release
         self._pid = os.getpid()
-        self.taken = time.monotonic()
+        self.taken: Optional[float] = None  # when the last page was taken
         self.complete = False
+        self._ended = False  # the last page was taken
 
     def next_page(self) -> Optional[Reply]:
         """The next page; None when this stream has no more: at its end (``complete``
@@ -67,18 +68,18 @@ class PageStream:
         stream. Raises the transport's errors (the stream is closed then)."""
         if self._pages is None:
             return None
-        if self._pid != os.getpid():
-            self._pages = None  # the parent's socket and stream: leave them be
-            return None
-        if time.monotonic() - self.taken > RESUME_IDLE:
-            self.close()
-            return None
-        try:
-            page = next(self._pages)
-        except StopIteration:
+        if self._ended:
             self.complete = True
             self.close()
             return None
+        if self._pid != os.getpid():
+            self._pages = None  # the parent's socket and stream: leave them be
+            return None
+        if self.taken is not None and time.monotonic() - self.taken > RESUME_IDLE:
+            self.close()
+            return None
+        try:
+            page, self._ended = next(self._pages)
         except BaseException:
             self.close()
             raise
