@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from . import errors, protocol
 from .facts import ServerFacts
 from .protocol import Reply
 from .retry import RetryPolicy
 from .slots import Conn, SocketPool
+from .streams import PageStream, StreamSlots
 from .tracing import CallTracer
 
 __all__ = ["Caller"]
@@ -45,6 +46,49 @@ class Caller:
                 exc, lambda: self._attempt(cmd, args, uid, deadline, compression, stream,
                                            whole),
                 deadline=deadline, idempotent=idempotent, is_write=is_write,
+                describe=f"{cmd} to {self._slots.name}", on_retry=self._count_retry,
+                started=started)
+
+    def iterate(self, cmd: str, args: Sequence, uid: Optional[str], *, page: int,
+                timeout: float, streams: StreamSlots) -> Optional[Tuple[PageStream, Reply]]:
+        """A streamed iteration on a socket of its own and its first page, transport
+        failures retried within ``timeout``; None when no socket may be had at once
+        (``streams`` says how many iterations may hold one), for the caller to page
+        with ordinary requests instead."""
+        started = time.monotonic()
+        deadline = started + timeout
+
+        def attempt() -> Optional[Tuple[PageStream, Reply]]:
+            if not streams.take():
+                return None
+            left = max(deadline - time.monotonic(), 0.0)
+            try:
+                conn = self._slots.try_checkout(min(self._slots.checkout_timeout, left))
+            except BaseException:
+                streams.give_back()
+                raise
+            if conn is None:
+                streams.give_back()
+                return None
+            pages = conn.iterate(cmd, args, uid, page=page, timeout=left, page_timeout=timeout,
+                                 connect_timeout=self.connect_timeout,
+                                 max_message_size=self._max_message_size)
+            stream = PageStream(conn, pages, self._slots.checkin, streams.give_back)
+            try:
+                first = stream.next_page()
+            except errors.ElevatorTimeout:
+                with self._lock:
+                    self.timeouts += 1
+                raise
+            if first is None:  # pragma: no cover - a stream yields at least one page
+                raise errors.ProtocolError(f"{cmd}: a stream without any page")
+            return stream, first
+
+        try:
+            return attempt()
+        except errors.TransportError as exc:
+            return self.retry.call_after_failure(
+                exc, attempt, deadline=deadline, idempotent=True,
                 describe=f"{cmd} to {self._slots.name}", on_retry=self._count_retry,
                 started=started)
 

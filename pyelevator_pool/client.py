@@ -383,21 +383,30 @@ class Elevator(Generic[Out]):
         name, uid = binding
         reply = self._request(cmd, args, uid, timeout, compression, is_write=is_write,
                               stream=stream, call_timeout=call_timeout)
-        if reply.status == Status.FAILURE and reply.detail and "unknown_uid" in reply.detail:
-            # The database was dropped and created again: its uid changed.
-            try:
-                uid = self._resolve_uid(name, timeout, refresh=True, stale=uid)
-            except errors.DatabaseError as exc:
-                raise errors.DatabaseError(
-                    f"database {name!r}, which this client is bound to, was dropped: "
-                    f"rebind with E.connect('other_db'), or E.createdb({name!r}) to make "
-                    "it again", code=exc.code, command=cmd, db=name,
-                    endpoint=self._pool.endpoint, detail=exc.detail) from exc
+        if self._uid_forgotten(reply):
+            uid = self._new_uid(name, uid, timeout, cmd)
             reply = self._request(cmd, args, uid, timeout, compression, is_write=is_write,
                                   stream=stream, call_timeout=call_timeout)
         if reply.status == Status.FAILURE:
             self._raise(reply, cmd, name)
         return reply
+
+    @staticmethod
+    def _uid_forgotten(reply: protocol.Reply) -> bool:
+        return bool(reply.status == Status.FAILURE and reply.detail
+                    and "unknown_uid" in reply.detail)
+
+    def _new_uid(self, name: str, stale: str, timeout: Optional[float], cmd: str) -> str:
+        """The uid of ``name`` after the server forgot ``stale``: the database was dropped
+        (and maybe created again, with a new uid). Raises DatabaseError when it is gone."""
+        try:
+            return self._resolve_uid(name, timeout, refresh=True, stale=stale)
+        except errors.DatabaseError as exc:
+            raise errors.DatabaseError(
+                f"database {name!r}, which this client is bound to, was dropped: "
+                f"rebind with E.connect('other_db'), or E.createdb({name!r}) to make "
+                "it again", code=exc.code, command=cmd, db=name,
+                endpoint=self._pool.endpoint, detail=exc.detail) from exc
 
     def _admin(self, cmd: str, args: Sequence, *, timeout: Optional[float],
                bound: bool = True, idempotent: bool = True) -> Any:
@@ -863,6 +872,13 @@ class Elevator(Generic[Out]):
         Fetches ``page_size`` items at a time, so memory stays bounded however large
         the range. Each item is ``[key, value]`` (or the bare key or value). ``timeout``
         applies to each page.
+
+        This project's server streams the pages from one iterator (one snapshot), a few
+        ahead of the reader, on a socket the iteration holds until it ends, is closed
+        (``close()`` on the iterator) or is garbage-collected; at most half the pool's
+        sockets are held so, and an iteration that finds none to spare pages with
+        SLICE. An iteration whose stream is lost (a dropped connection, a pause of
+        over 15 s, a fork) goes on after its last key from the database as it is then.
         """
         _check_flags(include_key, include_value)
         check.integer("page_size", page_size, minimum=1)
@@ -872,12 +888,70 @@ class Elevator(Generic[Out]):
         pfx = check.optional_bytes(prefix, "prefix")
         if pfx is not None and (start is None or start < pfx):
             start = pfx
-        pages = self._range_pages(start, stop, pfx, include_key, include_value, page_size, timeout)
+        pages = self._iterate(start, stop, pfx, include_key, include_value, page_size, timeout)
         if self._tracer is not None:
             # one span from the first page to the end of the iteration, current while a
             # page is fetched (its retries are its events)
-            pages = self._tracer.iterate(pages, protocol.SLICE, self.db_name)
-        return itertools.chain.from_iterable(pages)
+            pages = self._tracer.iterate(pages, protocol.RANGE, self.db_name)
+        return _flatten(pages)
+
+    def _iterate(self, start: Optional[bytes], stop: Optional[bytes], prefix: Optional[bytes],
+                 include_key: bool, include_value: bool, page_size: int,
+                 timeout: Optional[float]) -> Iterator[List[Any]]:
+        """RangeIter's pages: streamed pages of RANGE (always with keys, so that a lost
+        stream resumes after the last one), or SLICE pages when the server cannot
+        stream iterations or no socket is to spare."""
+        if not self._binding[1]:
+            self._opened(timeout)
+        limits = self._limits(timeout)
+        if not limits.get(protocol.STREAM_ITER):
+            yield from self._range_pages(start, stop, prefix, include_key, include_value,
+                                         page_size, timeout)
+            return
+        page_size = min(page_size, limits.get("max_items", page_size))
+        budget = self._whole(timeout)
+        pool = self._pool
+        name, uid = self._binding
+        refreshed = False
+        while True:
+            opened = pool.iterate(protocol.RANGE, [start, stop, True, include_value, prefix],
+                                  uid, page=page_size, timeout=budget)
+            if opened is None:
+                yield from self._range_pages(start, stop, prefix, include_key, include_value,
+                                             page_size, timeout)
+                return
+            stream, first = opened
+            page: Optional[protocol.Reply] = first
+            try:
+                while page is not None:
+                    if page.status == Status.FAILURE:
+                        if not refreshed and self._uid_forgotten(page):
+                            refreshed = True
+                            uid = self._new_uid(name, uid, timeout, protocol.RANGE)
+                            break
+                        self._raise(page, protocol.RANGE, name)
+                    items = page.datas
+                    if items:
+                        start = _after(items[-1][0] if include_value else items[-1])
+                        if include_key or not include_value:
+                            yield self._out_items(items, include_key, include_value)
+                        else:
+                            yield self._out_items([p[1] for p in items], False, True)
+                    try:
+                        page = stream.next_page()
+                    except errors.TransportError as exc:
+                        # the items so far were whole pages: go on after the last one
+                        if not pool.retry.is_retryable(exc, idempotent=True):
+                            raise
+                        break
+                if stream.complete:
+                    return
+                if first.status != Status.FAILURE and not first.datas:
+                    # a new stream that ends nowhere: never loop on it
+                    raise errors.ProtocolError(
+                        f"RANGE: a stream from {self._pool.endpoint} sent no item and no end")
+            finally:
+                stream.close()
 
     def _range_pages(self, start: Optional[bytes], stop: Optional[bytes], prefix: Optional[bytes],
                      include_key: bool, include_value: bool, page_size: int,
@@ -1014,6 +1088,18 @@ class WriteBatch(PendingWrites):
                 self.Clear()
         finally:
             self.close()
+
+
+def _flatten(pages: Iterator[List[Any]]) -> Iterator[Any]:
+    """The items of ``pages``, which are closed when this is closed or collected (a
+    streamed iteration gives its socket back then)."""
+    try:
+        for page in pages:
+            yield from page
+    finally:
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
 
 
 def _texts(value: Any) -> Any:

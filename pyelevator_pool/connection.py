@@ -13,7 +13,7 @@ import errno
 import itertools
 import os
 import time
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -313,10 +313,45 @@ class Connection:
         False (nothing was done). A server's AUTH answer raises AuthenticationError.
         """
         rid = next(self._ids)
+        deadline = time.monotonic() + timeout
+        whole = timeout if call_timeout is None else call_timeout
+        head, content = self._exchange(cmd, args, uid, rid, timeout, compression, stream, False,
+                                       connect_timeout, whole, max_message_size)
+        if stream and head.get(protocol.MORE):
+            return self._receive_stream(cmd, rid, head, content, deadline, whole)
+        return self._single(cmd, rid, head, content, bool(stream))
+
+    def _single(self, cmd: str, rid: int, head: dict, content: bytes, stream: bool) -> Reply:
+        """The Reply of a reply that is the only one: an unstreamed reply, or a stream's
+        only page."""
+        try:
+            status = head.get("status")
+            err_msg = head.get("err_msg")
+            if stream:
+                # the only page of a stream is page 0: a later one means the first were lost
+                self._check_seq(head, 0, False)
+            if status == protocol.Status.FAILURE:
+                return self._failure(cmd, rid, head)
+            if status not in (1, -2):
+                raise errors.ProtocolError(f"unknown status {status!r}")
+            if len(content) > GC_PAUSE_THRESHOLD:
+                with gc_paused():
+                    datas = protocol.decode_content(content, bool(head.get("compression")))
+            else:
+                datas = protocol.decode_content(content, bool(head.get("compression")))
+        except errors.ProtocolError as exc:
+            raise self._malformed(cmd, exc) from None
+        return Reply(status, None, err_msg, rid, datas)
+
+    def _exchange(self, cmd: str, args: Sequence, uid: Optional[str], rid: int,
+                  timeout: float, compression: bool, stream: int, iterate: bool,
+                  connect_timeout: Optional[float], whole: float,
+                  max_message_size: Optional[Callable[["Connection", float], Optional[int]]]
+                  ) -> Tuple[dict, bytes]:
+        """Send request ``rid`` and receive its (first) reply's header and content."""
         start = time.monotonic()
         deadline = start + timeout
-        whole = timeout if call_timeout is None else call_timeout
-        frame = self._encode(cmd, args, uid, rid, compression, stream, deadline)
+        frame = self._encode(cmd, args, uid, rid, compression, stream, deadline, iterate)
         self.last_frame_size = len(frame)
         if len(frame) > protocol.MIN_MAX_MESSAGE_SIZE and max_message_size is not None:
             maximum = max_message_size(self, deadline)
@@ -340,7 +375,8 @@ class Connection:
                 wait = timeout if connect_timeout is None else min(timeout, connect_timeout)
                 self._await_connection(cmd, start + wait, wait, whole, wait == timeout)
                 # meta.timeout must say what is left now, not before the wait
-                frame = self._encode(cmd, args, uid, rid, compression, stream, deadline)
+                frame = self._encode(cmd, args, uid, rid, compression, stream, deadline,
+                                     iterate)
             try:
                 sock.send(frame, _NOBLOCK)
             except zmq.Again as exc:
@@ -349,32 +385,12 @@ class Connection:
                 raise errors.from_zmq(exc, f"{cmd} to {self.endpoint}",
                                       request_sent=False) from exc
             sent = True
-            head, content = self._receive(cmd, rid, deadline, whole)
+            return self._receive(cmd, rid, deadline, whole)
         except zmq.ZMQError as exc:
             self.is_tainted = True
             raise errors.from_zmq(exc, f"{cmd} to {self.endpoint}", request_sent=sent) from exc
         finally:
             self.last_used = time.monotonic()
-        if stream and head.get(protocol.MORE):
-            return self._receive_stream(cmd, rid, head, content, deadline, whole)
-        try:
-            status = head.get("status")
-            err_msg = head.get("err_msg")
-            if stream:
-                # the only page of a stream is page 0: a later one means the first were lost
-                self._check_seq(head, 0, False)
-            if status == protocol.Status.FAILURE:
-                return self._failure(cmd, rid, head)
-            if status not in (1, -2):
-                raise errors.ProtocolError(f"unknown status {status!r}")
-            if len(content) > GC_PAUSE_THRESHOLD:
-                with gc_paused():
-                    datas = protocol.decode_content(content, bool(head.get("compression")))
-            else:
-                datas = protocol.decode_content(content, bool(head.get("compression")))
-        except errors.ProtocolError as exc:
-            raise self._malformed(cmd, exc) from None
-        return Reply(status, None, err_msg, rid, datas)
 
     def _malformed(self, cmd: str, exc: errors.ProtocolError) -> errors.ProtocolError:
         """The error for a malformed reply, saying where it came from; the socket is
@@ -383,11 +399,12 @@ class Connection:
         return errors.ProtocolError(f"{cmd}: malformed reply from {self.endpoint}: {exc}")
 
     def _encode(self, cmd: str, args: Sequence, uid: Optional[str], rid: int,
-                compression: bool, stream: int, deadline: float) -> bytes:
+                compression: bool, stream: int, deadline: float, iterate: bool = False
+                ) -> bytes:
         return protocol.encode_request(
             cmd, args, uid, id=rid, compression=compression, stream=stream,
             window=protocol.DEFAULT_WINDOW if stream else None,
-            timeout_ms=max(int((deadline - time.monotonic()) * 1000), 0))
+            timeout_ms=max(int((deadline - time.monotonic()) * 1000), 0), iterate=iterate)
 
     def _failure(self, cmd: str, rid: int, head: dict) -> Reply:
         """A failure reply, or the error it means for the transport (TIMEOUT, AUTH)."""
@@ -434,19 +451,51 @@ class Connection:
 
     def _receive_stream(self, cmd: str, rid: int, head: dict, content: bytes, deadline: float,
                         timeout: float) -> Reply:
-        """The pages of a streamed reply, the first one already received: each decoded
-        while the server reads the next, with the GC paused; the collection of a page's
-        lists then runs while the next page is on its way, instead of all of them after
-        the last. A failure page ends the stream.
+        """The pages of a streamed reply, the first one already received, as one Reply:
+        each decoded while the server reads the next, with the GC paused; the collection
+        of a page's lists then runs while the next page is on its way, instead of all of
+        them after the last. A failure page ends the stream and is the Reply."""
+        items: list = []
+        status: int = protocol.Status.SUCCESS
+        for page, _ in self._pages(cmd, rid, head, content, lambda: deadline, timeout):
+            if page.status == protocol.Status.FAILURE:
+                return page
+            if page.status == protocol.Status.WARNING:
+                status = page.status
+            items.extend(page.datas)
+        return Reply(status, None, page.err_msg, rid, items)
+
+    def iterate(self, cmd: str, args: Sequence, uid: Optional[str], *, page: int,
+                timeout: float, page_timeout: float, connect_timeout: Optional[float] = None,
+                max_message_size: Optional[Callable[["Connection", float], Optional[int]]] = None
+                ) -> Iterator[Tuple[Reply, bool]]:
+        """Send ``cmd`` (RANGE) as an iteration streamed in pages of at most ``page`` items
+        (meta ``iter``) and yield ``(Reply, is_last)`` per page as the caller takes them, crediting
+        each page taken. ``timeout`` bounds the first page's wait, ``page_timeout`` each
+        later one's. A failure page is the last Reply. Closing the generator early
+        closes the stream (CREDIT [id, 0]). The request is sent, and its first page
+        received, by the first ``next()``. Raises as :meth:`request`."""
+        rid = next(self._ids)
+        head, content = self._exchange(cmd, args, uid, rid, timeout, False, page, True,
+                                       connect_timeout, timeout, max_message_size)
+        if not head.get(protocol.MORE):
+            yield self._single(cmd, rid, head, content, True), True
+            return
+        yield from self._pages(cmd, rid, head, content,
+                               lambda: time.monotonic() + page_timeout, page_timeout)
+
+    def _pages(self, cmd: str, rid: int, head: dict, content: bytes,
+               deadline: Callable[[], float], timeout: float) -> Iterator[Tuple[Reply, bool]]:
+        """The pages of a streamed reply, the first one already received, as
+        ``(Reply, is_last)``;
+        ``deadline()`` is asked for the time by which each further page must come.
 
         Pages must come as seq 0, 1, 2...: a gap, repeat or reversal raises
         ProtocolError (the socket is tainted). A stream without any seq (an older
         server) is taken as it comes; a page without seq after pages with one is an
-        error. Each page taken is credited (CREDIT [id, 1]); giving up closes the
-        stream (CREDIT [id, 0]).
+        error. Each page taken is credited (CREDIT [id, 1]) when the next is asked for;
+        giving up closes the stream (CREDIT [id, 0]).
         """
-        items: list = []
-        status = protocol.Status.SUCCESS
         expected = 0
         seen_seq = False
         done = False
@@ -458,25 +507,26 @@ class Connection:
                     page_status = head.get("status")
                     if page_status == protocol.Status.FAILURE:
                         done = True
-                        return self._failure(cmd, rid, head)
+                        yield self._failure(cmd, rid, head), True
+                        return
                     if page_status not in (1, -2):
                         raise errors.ProtocolError(f"unknown status {page_status!r}")
-                    if page_status == protocol.Status.WARNING:
-                        status = page_status
                     with gc_paused():
                         page = protocol.decode_content(content, bool(head.get("compression")))
                     if not isinstance(page, list):
                         raise errors.ProtocolError("a streamed page is not an array")
                 except errors.ProtocolError as exc:
                     raise self._malformed(cmd, exc) from None
-                items.extend(page)
-                if not head.get(protocol.MORE):
+                more = head.get(protocol.MORE)
+                if not more:
                     done = True
-                    return Reply(status, None, head.get("err_msg"), rid, items)
+                yield Reply(page_status, None, head.get("err_msg"), rid, page), not more
+                if not more:
+                    return
                 if seen_seq:
                     self._send_credit(rid, 1)
                 try:
-                    head, content = self._receive(cmd, rid, deadline, timeout)
+                    head, content = self._receive(cmd, rid, deadline(), timeout)
                 except zmq.ZMQError as exc:
                     self.is_tainted = True
                     raise errors.from_zmq(exc, f"{cmd} to {self.endpoint}",

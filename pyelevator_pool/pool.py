@@ -12,7 +12,7 @@ import threading
 import weakref
 from contextlib import contextmanager
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
-                    TypedDict, cast)
+                    Tuple, TypedDict, cast)
 
 import zmq
 
@@ -26,6 +26,7 @@ from .protocol import Reply
 from .retry import RetryPolicy
 from .security import CurveKeys
 from .slots import SocketPool
+from .streams import PageStream, StreamSlots
 from .tracing import CallTracer, tracer_for
 
 if TYPE_CHECKING:
@@ -91,6 +92,8 @@ class PoolStats(TypedDict):
     merged_calls: int  #: calls answered by a merged request
     merged_requests: int  #: the merged requests sent for them
     queued: int  #: calls waiting now to be merged
+    iterations: int  #: RangeIter streams holding a socket now
+    iterations_opened: int  #: RangeIter streams opened
     closed: bool
 
 
@@ -209,6 +212,7 @@ class ElevatorPool:
             on_fork=self._after_fork, on_drained=self._terminate_context)
         self._caller = Caller(self._slots, self.facts, retry=retry,
                               connect_timeout=self.connect_timeout, tracer=self.tracer)
+        self._streams = StreamSlots(max_size)
         self.coalesce = coalesce
         #: what merges the concurrent calls of the clients that coalesce: reads may have
         #: two requests in flight, writes one, so that they apply in the order queued.
@@ -255,6 +259,7 @@ class ElevatorPool:
         self.facts = ServerFacts()
         self._caller = Caller(self._slots, self.facts, retry=self.retry,
                               connect_timeout=self.connect_timeout, tracer=self.tracer)
+        self._streams = StreamSlots(self.max_size)
 
     def _live_context(self) -> zmq.Context:
         """This process's context: a fresh one in a forked child, never the parent's."""
@@ -322,6 +327,15 @@ class ElevatorPool:
                                     idempotent=idempotent, is_write=is_write, stream=stream,
                                     call_timeout=call_timeout)
 
+    def iterate(self, cmd: str, args: Sequence, uid: Optional[str], *, page: int,
+                timeout: float) -> Optional[Tuple[PageStream, Reply]]:
+        """A streamed iteration (RANGE with meta ``iter``) on a socket of its own, held
+        until it ends or is closed, and its first page; transport failures retried
+        within ``timeout`` (which bounds each later page too). None when no socket may be
+        had at once: at most half of ``max_size`` are held by iterations."""
+        return self._caller.iterate(cmd, args, uid, page=page, timeout=timeout,
+                                    streams=self._streams)
+
     def pinned(self) -> bool:
         """Whether the calling thread has a socket pinned by :meth:`connection`."""
         return self._slots.pinned() is not None
@@ -357,13 +371,16 @@ class ElevatorPool:
         (timeouts that were the server's TIMEOUT answer: not started in time, nothing done;
         such a call leaves no late reply), ``merged_calls`` (calls answered by a merged
         request) and ``merged_requests`` (the merged requests sent for them), ``queued``
-        (calls waiting now to be merged), ``closed``."""
+        (calls waiting now to be merged), ``iterations`` (RangeIter streams holding a
+        socket now) and ``iterations_opened``, ``closed``."""
         out = self._slots.stats()
         out["timeouts"] = self._caller.timeouts + self.reads.timeouts + self.writes.timeouts
         out["retries"] = self._caller.retries
         out["merged_calls"] = self.reads.merged_calls + self.writes.merged_calls
         out["merged_requests"] = self.reads.merged_requests + self.writes.merged_requests
         out["queued"] = self.reads.queued() + self.writes.queued()
+        out["iterations"] = self._streams.open
+        out["iterations_opened"] = self._streams.opened
         return cast(PoolStats, out)
 
     def __repr__(self) -> str:

@@ -71,6 +71,11 @@ SEQ = "seq"
 #: request meta key: how many pages the server may send ahead of the reader's credits
 WINDOW = "window"
 DEFAULT_WINDOW = 4
+#: request meta key (with ``stream``, RANGE): an iteration, read page by page as the
+#: reader credits them, so ``max_items`` bounds each page, not the whole stream
+ITER = "iter"
+#: LIMITS key: the server streams iterations (ITER); absent on an original server
+STREAM_ITER = "stream_iter"
 #: a notification, never answered: ``args`` = [stream id, n]; n > 0 grants n more pages,
 #: n == 0 closes the stream (the reader gave up)
 CREDIT = "CREDIT"
@@ -138,7 +143,8 @@ def decompress(data: bytes) -> bytes:
 
 def encode_request(cmd: str, args: Sequence = (), uid: Optional[str] = None, *,
                    id: Any = None, compression: bool = False, stream: int = 0,
-                   window: Optional[int] = None, timeout_ms: Optional[int] = None) -> bytes:
+                   window: Optional[int] = None, timeout_ms: Optional[int] = None,
+                   iterate: bool = False) -> bytes:
     """One request frame. ``id`` (extension) is echoed by this project's server.
 
     ``stream`` (extension, RANGE and SLICE, with an ``id``): ask this project's server to
@@ -148,12 +154,16 @@ def encode_request(cmd: str, args: Sequence = (), uid: Optional[str] = None, *,
     ``window`` (with ``stream``): pages the server may send ahead of the CREDITs.
     ``timeout_ms``: how long the client will still wait (TIMEOUT_MS); a server that
     cannot start the request within it answers TIMEOUT and does nothing.
+    ``iterate`` (with ``stream``): the stream is an iteration (ITER), not bounded as a
+    whole by ``max_items``.
     """
     meta: dict = {}
     if stream:
         meta[STREAM] = stream
         if window is not None:
             meta[WINDOW] = window
+        if iterate:
+            meta[ITER] = True
     if id is not None:
         meta["id"] = id
     if compression:

@@ -212,6 +212,24 @@ class SocketPool:
             if waiter.closed:
                 raise self._closed_error()
             granted = _OPEN if waiter.may_open else waiter.conn
+        return self._take(granted, budget_end)
+
+    def try_checkout(self, timeout: float) -> Optional[Conn]:
+        """A socket at once when one is free (or may be opened) and nobody waits for one,
+        else None, without waiting or counting a checkout timeout; ``timeout`` bounds the
+        health check of an idle socket. Raises PoolClosed after :meth:`close`."""
+        self.check_fork()
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            granted: Any = None if self._waiters else self._grant(
+                self._local.__dict__.get("conn"))
+        if granted is None:
+            return None
+        return self._take(granted, time.monotonic() + timeout)
+
+    def _take(self, granted: Any, budget_end: float) -> Conn:
+        """The socket granted to this thread: opened, or health-checked when long idle."""
         conn: Conn = self._open() if granted is _OPEN else granted
         interval = self.health_check_interval
         if interval is not None and time.monotonic() - conn.last_used > interval:

@@ -315,13 +315,14 @@ class Dispatcher:
             else:
                 it, count, pairs = self._slice_iterator(db, args)
             try:
-                limit = self.max_items
+                # an iteration is read as its reader credits pages: only each page is bounded
+                limit = None if request.meta.get(protocol.ITER) is True else self.max_items
                 sent = 0
                 while True:
                     want = page if count is None else min(page, count - sent)
                     chunk = list(islice(it, want)) if want > 0 else []
                     sent += len(chunk)
-                    if sent > limit:
+                    if limit is not None and sent > limit:
                         raise _over_limit(cmd, f"a reply of more than {limit} items", limit,
                                           "max_items", "page through the range with SLICE")
                     # Each page is one reply: run_stream checks its packed size against
@@ -541,7 +542,8 @@ class Dispatcher:
     def _limits(self, uid: Optional[str], args: list) -> Any:
         _arity("LIMITS", args, 0)
         return {"max_message_size": self.max_message_size, "max_keys": self.max_keys,
-                "max_items": self.max_items, "max_reply_size": self.max_reply_size}
+                "max_items": self.max_items, "max_reply_size": self.max_reply_size,
+                protocol.STREAM_ITER: 1}
 
     def _info(self, uid: Optional[str], args: list) -> Any:
         _arity("INFO", args, 0)

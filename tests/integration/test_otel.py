@@ -129,12 +129,12 @@ def test_range_iter_is_one_span_for_the_whole_iteration_of_many_pages(E, exporte
     pages = E.RangeIter(page_size=3)
     assert spans(exporter) == []  # nothing fetched yet
     assert len(list(pages)) == 10  # four pages
-    expect(only(exporter), E, "SLICE")
+    expect(only(exporter), E, "RANGE")  # streamed: one RANGE
     # stopped early, the iteration's span ends then, not as a failure
     it = E.RangeIter(page_size=3)
     next(it)
     del it
-    expect(only(exporter), E, "SLICE")
+    expect(only(exporter), E, "RANGE")  # streamed: one RANGE
 
 
 def test_server_and_store_commands_are_spans_named_by_their_target(E, exporter):
