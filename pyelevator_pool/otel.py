@@ -72,6 +72,12 @@ METRICS: Dict[str, Tuple[str, str, str,
         "counter", "{request}", "Merged requests sent", lambda s: [(s["merged_requests"], {})]),
     "elevator.client.queued": (
         "updown", "{call}", "Calls waiting now to be merged", lambda s: [(s["queued"], {})]),
+    "elevator.client.iterations": (
+        "updown", "{iteration}", "RangeIter streams holding a socket now",
+        lambda s: [(s["iterations"], {})]),
+    "elevator.client.iterations_opened": (
+        "counter", "{iteration}", "RangeIter streams opened",
+        lambda s: [(s["iterations_opened"], {})]),
 }
 
 
