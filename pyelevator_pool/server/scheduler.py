@@ -233,6 +233,10 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self._ready)
 
+    def waiting(self) -> int:
+        """Tasks queued, not yet handed to a worker."""
+        return sum(len(q) for q in self._ready.values())
+
     def execute(self, task: Task) -> List[bytes]:
         """Run ``task`` (on a worker): its reply frames, or a stream's next page. Never
         raises but for a bug or MemoryError (the caller answers those)."""
