@@ -584,6 +584,7 @@ class Server:
                 with gc_paused():
                     frames = self._execute(task)
                 scheduler.complete(task, frames)
+                self._task_answered(task, frames)
                 continue
             tid = next(self._task_ids)
             self._running[tid] = task
@@ -608,17 +609,22 @@ class Server:
             n += 1
             task = self._running.pop(int.from_bytes(frames[0].bytes, "little"))
             scheduler.complete(task, frames[1:])
-            self._log_task(task, frames[1:])
+            self._task_answered(task, frames[1:])
         return n
 
-    def _log_task(self, task: Task, frames: List[Any]) -> None:
-        """The slow-request and failure lines of a worker's reply (timed from receipt to
-        sent); a stream's later pages are not timed (they wait for their reader's credit)."""
+    def _task_answered(self, task: Task, frames: List[Any]) -> None:
+        """The statistics, and the slow-request and failure lines, of a worker's reply
+        (timed from receipt to sent); a stream's later pages are not counted (they wait
+        for their reader's credit)."""
         if task.stream is not None:
             return
-        header = frames[0].bytes
+        header = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
         error = reply_error([header])
-        seconds = time.monotonic() - task.received
+        answered = time.monotonic()
+        seconds = answered - task.received
+        if task.cmd is not None:  # an undecodable frame: not counted, as on the loop
+            self.stats.record(task.cmd, seconds, answered, error, task.request_size,
+                              _size(frames))
         if error is None and seconds < self._reqlog.slow_after:
             return
         request = task.request
