@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log a WARNING line for every request that takes at least MS "
                         "milliseconds from receipt to reply (fractions allowed); 0 never "
                         "(default: %(default)s)")
-    p.add_argument("--metrics-port", type=_port, default=0, metavar="PORT",
+    p.add_argument("--metrics-port", type=arg_type("metrics_port", integer, maximum=65535),
+                   default=0, metavar="PORT",
                    help="serve Prometheus metrics over HTTP on PORT (any path, e.g. "
                         "/metrics; needs the 'metrics' extra: prometheus_client); 0 not "
                         "served (default: %(default)s)")
