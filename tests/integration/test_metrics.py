@@ -191,3 +191,55 @@ def test_the_server_needs_prometheus_client_only_for_metrics():
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_scrapes_during_traffic_are_consistent_and_never_go_down(client, url):
+    """Each scrape copies the counters at one instant: a histogram's count is its
+    counter's total, and nothing shrinks from one scrape to the next."""
+    import threading
+    import time
+
+    scrapes = []
+    stop = threading.Event()
+
+    def scraper() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and len(scrapes) < 100 and time.monotonic() < deadline:
+            scrapes.append(scrape(url)[0])
+
+    thread = threading.Thread(target=scraper)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        for i in range(300):
+            client.Put(f"busy{i % 10}", "v")
+            if len(scrapes) >= 5 or time.monotonic() > deadline:
+                break
+    finally:
+        stop.set()
+        thread.join(60)
+    scrapes.append(scrape(url)[0])
+    assert len(scrapes) >= 2
+    previous = -1.0
+    for samples in scrapes:
+        total = value(samples, "elevator_requests_total", command="PUT", status="ok")
+        assert value(samples, "elevator_request_duration_seconds_count", command="PUT") == total
+        assert total >= previous
+        previous = total
+
+
+def test_worker_and_inline_runs_of_heavy_requests_are_counted(tmp_path):
+    srv = _start(tmp_path, "--workers", "0")  # heavy requests then run on the loop itself
+    try:
+        url = f"http://127.0.0.1:{srv.metrics_port}/metrics"  # type: ignore[attr-defined]
+        with Elevator(endpoint=srv.endpoint, coalesce=False) as c:
+            c.Put("a", "1")
+            before, _ = scrape(url)
+            assert c.Range("a", "a") == [[b"a", b"1"]]
+            after, _ = scrape(url)
+        labels = {"command": "RANGE", "status": "ok"}
+        assert value(after, "elevator_requests_total", **labels) - \
+            value(before, "elevator_requests_total", **labels) == 1
+        assert value(after, "elevator_sent_bytes_total") > value(before, "elevator_sent_bytes_total")
+    finally:
+        srv.stop()
