@@ -110,7 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log a WARNING line for every request that takes at least MS "
                         "milliseconds from receipt to reply (fractions allowed); 0 never "
                         "(default: %(default)s)")
+    p.add_argument("--metrics-port", type=arg_type("metrics_port", integer, maximum=65535),
+                   default=0, metavar="PORT",
+                   help="serve Prometheus metrics over HTTP on PORT (any path, e.g. "
+                        "/metrics; needs the 'metrics' extra: prometheus_client); 0 not "
+                        "served (default: %(default)s)")
+    p.add_argument("--metrics-bind", metavar="ADDR",
+                   help="address the metrics listen on (default: --bind's)")
     return p
+
+
+def _check_metrics(args: argparse.Namespace) -> Optional[str]:
+    """Why the metrics flags cannot work, or None when they can (or are not given)."""
+    if not args.metrics_port:
+        if args.metrics_bind is not None:
+            return "--metrics-bind needs --metrics-port PORT"
+        return None
+    if args.metrics_bind is not None and not args.metrics_bind.strip():
+        return "--metrics-bind needs an address, not an empty string"
+    from .metrics import MetricsUnavailable, load_prometheus_client
+    try:
+        load_prometheus_client()
+    except MetricsUnavailable as exc:
+        return str(exc)
+    return None
 
 
 def _check_data_dir(path: str) -> Optional[str]:
@@ -187,6 +210,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 problem = f"--allow-path needs an absolute directory, not {root!r}"
     if problem is None:
         problem = _check_curve(args)
+    if problem is None:
+        problem = _check_metrics(args)
     if problem is not None:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
@@ -201,7 +226,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     max_reply_size=args.max_reply_size,
                     curve_secret_key=args.curve_secret_key,
                     curve_authorized_keys=args.curve_authorized_keys,
-                    heartbeat_interval=args.heartbeat_interval)
+                    heartbeat_interval=args.heartbeat_interval,
+                    metrics_port=args.metrics_port, metrics_bind=args.metrics_bind)
     config.slow_log_ms = args.slow_log_ms
     server = Server(config)
     server.install_signal_handlers()  # a SIGTERM during startup stops it as cleanly

@@ -34,6 +34,7 @@ from ..protocol import ErrorCode, ProtocolError, encode_error_reply
 from ..security import load_key_pair
 from .handlers import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE,
                        FAST_GET_MAX_FRAME, Dispatcher)
+from .metrics import DatabaseFigures, LoopFigures, MetricsServer, ServerCollector
 from .outbox import Outbox, RateLimitedLog
 from .peers import PeerBook
 from .reqlog import RequestLog
@@ -52,6 +53,7 @@ _BURST = 256           # requests read per wake-up before looking at worker repl
 _BIG_FRAME = 16 * 1024  # request frames above this are decoded on a worker
 _DRAIN_TIME = 10.0     # seconds a graceful stop spends answering what is in flight
 _DRAIN_QUIET = 0.25    # seconds without a new request after which a stop stops reading
+_FIGURES_TICK = 0.25   # seconds between publications of the loop's figures for metrics
 
 
 @dataclass
@@ -80,6 +82,10 @@ class Config:
     #: seconds between ZMTP heartbeats on each connection; a peer silent for 3 of them is
     #: dropped (its file descriptor freed). 0: no heartbeats
     heartbeat_interval: float = 5.0
+    #: serve Prometheus metrics over HTTP on this port (needs prometheus_client); 0: not
+    metrics_port: int = 0
+    #: the metrics' listening address; None: ``bind``
+    metrics_bind: Optional[str] = None
 
     def endpoint(self) -> str:
         if self.transport == "ipc":
@@ -133,6 +139,9 @@ class Server:
         self._started = time.monotonic()
         self.stats = Stats(now=self._started)
         self.dispatcher.info_source = self.info
+        self._metrics: Optional[MetricsServer] = None
+        #: replaced whole by the loop, read by the metrics thread (no lock needed)
+        self._loop_figures = LoopFigures()
 
     def info(self) -> Dict[str, Any]:
         """What INFO answers: the server's identity and uptime, and the request statistics
@@ -180,6 +189,15 @@ class Server:
             self.store.close_all()
             raise OSError(f"cannot bind {self.config.endpoint()}: {exc}") from None
         self.endpoint = front.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self.config.metrics_port:
+            try:
+                self._metrics = self._serve_metrics()
+            except BaseException:
+                front.close(0)
+                ctx.term()
+                self.store.close_all()
+                raise
+            log.info("metrics on %s", self._metrics.url)
         self._monitor_front(ctx, front)
         self._outbox = Outbox(front, self._peer_gone, rate_log=self._rate_log)
         self._scheduler = Scheduler(self.dispatcher, self._outbox, self._rate_log)
@@ -206,6 +224,24 @@ class Server:
         if self.config.ready_file:
             _write_atomically(self.config.ready_file, self.endpoint + "\n")
         return self.endpoint
+
+    def _serve_metrics(self) -> MetricsServer:
+        from .. import __version__
+        collector = ServerCollector(
+            self.stats, version=__version__, uptime=lambda: time.monotonic() - self._started,
+            loop=lambda: self._loop_figures,
+            databases=lambda: [DatabaseFigures(*d) for d in self.store.describe()])
+        bind = self.config.metrics_bind or self.config.bind
+        return MetricsServer(collector, bind, self.config.metrics_port)
+
+    def _publish_figures(self) -> None:
+        """What the metrics thread may not read itself (the loop's own queues)."""
+        scheduler, outbox, peers = self._scheduler, self._outbox, self._peer_book
+        assert scheduler is not None and outbox is not None
+        self._loop_figures = LoopFigures(
+            connections=peers.open, connections_total=peers.accepted,
+            waiting=scheduler.waiting(), running=len(self._running),
+            streams=scheduler.open_streams(), backlogged_peers=outbox.backlogged_peers())
 
     def _enable_curve(self, ctx: zmq.Context, front: zmq.Socket, secret_key_file: str) -> None:
         """CURVE on the ROUTER socket, and a ZAP handler that checks client keys."""
@@ -333,7 +369,8 @@ class Server:
         """Watch the ROUTER for failed accepts (out of file descriptors, above all)."""
         try:
             events = zmq.EVENT_ACCEPT_FAILED
-            if log.isEnabledFor(logging.DEBUG):  # connection lines: only when they are shown
+            # connection lines and counts: only when they are shown or served
+            if log.isEnabledFor(logging.DEBUG) or self.config.metrics_port:
                 events |= zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
             monitor = front.get_monitor_socket(events)
         except zmq.ZMQError as exc:
@@ -420,6 +457,7 @@ class Server:
         tick = max(0.05, min(1.0, unmount_after / 2)) if unmount_after > 0 else None
         next_tick = time.monotonic() + tick if tick else None
         next_stream_check = time.monotonic() + 1.0
+        next_figures = time.monotonic() if self._metrics is not None else None
         try:
             while not self._stop.is_set():
                 wait = _BACKLOG_TICK if outbox.has_backlog() else _TICK
@@ -439,6 +477,9 @@ class Server:
                 self._drain_front_monitor()
                 self._rate_log.flush()
                 now = time.monotonic()
+                if next_figures is not None and now >= next_figures:
+                    next_figures = now + _FIGURES_TICK
+                    self._publish_figures()
                 if now >= next_stream_check:
                     next_stream_check = now + 1.0
                     scheduler.close_idle_streams()
@@ -489,7 +530,8 @@ class Server:
                 if fast is not None:
                     send(ident, fast)
                     answered = time.monotonic()
-                    stats.record(protocol.GET, answered - received, answered, None)
+                    stats.record(protocol.GET, answered - received, answered, None,
+                                 len(frame), _size(fast))
                     if answered - received >= slow_after:  # rare: decode it for the db's name
                         reqlog.answered(ident, protocol.GET, dispatcher.decode(frame).uid,
                                         len(frame), fast, answered - received, None)
@@ -521,7 +563,8 @@ class Server:
             send(ident, reply)
             answered = time.monotonic()
             error = reply_error(reply)
-            stats.record(request.cmd, answered - received, answered, error)
+            stats.record(request.cmd, answered - received, answered, error, len(frame),
+                         _size(reply))
             if error is not None or answered - received >= slow_after:
                 reqlog.answered(ident, request.cmd, request.uid, len(frame), reply,
                                 answered - received, error)
@@ -541,6 +584,7 @@ class Server:
                 with gc_paused():
                     frames = self._execute(task)
                 scheduler.complete(task, frames)
+                self._task_answered(task, frames)
                 continue
             tid = next(self._task_ids)
             self._running[tid] = task
@@ -565,17 +609,22 @@ class Server:
             n += 1
             task = self._running.pop(int.from_bytes(frames[0].bytes, "little"))
             scheduler.complete(task, frames[1:])
-            self._log_task(task, frames[1:])
+            self._task_answered(task, frames[1:])
         return n
 
-    def _log_task(self, task: Task, frames: List[Any]) -> None:
-        """The slow-request and failure lines of a worker's reply (timed from receipt to
-        sent); a stream's later pages are not timed (they wait for their reader's credit)."""
+    def _task_answered(self, task: Task, frames: List[Any]) -> None:
+        """The statistics, and the slow-request and failure lines, of a worker's reply
+        (timed from receipt to sent); a stream's later pages are not counted (they wait
+        for their reader's credit)."""
         if task.stream is not None:
             return
-        header = frames[0].bytes
+        header = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
         error = reply_error([header])
-        seconds = time.monotonic() - task.received
+        answered = time.monotonic()
+        seconds = answered - task.received
+        if task.cmd is not None:  # an undecodable frame: not counted, as on the loop
+            self.stats.record(task.cmd, seconds, answered, error, task.request_size,
+                              _size(frames))
         if error is None and seconds < self._reqlog.slow_after:
             return
         request = task.request
@@ -652,6 +701,8 @@ class Server:
             log.warning("stopping with %d requests unanswered", len(self._running))
 
     def _shutdown(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()  # first: a scrape must not read a closing store
         for _ in self._threads:
             self._tasks.put(None)
         for t in self._threads:
@@ -700,6 +751,11 @@ class _KeyCheck:
     def callback(self, domain: str, key: bytes) -> bool:
         keys = self._server._peer_keys
         return keys is not None and key in keys
+
+
+def _size(frames: List[Any]) -> int:
+    """Bytes of a reply's frames (bytes or zmq Frames)."""
+    return sum(len(f) for f in frames)
 
 
 def _open_files_limit() -> Optional[int]:

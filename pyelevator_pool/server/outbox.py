@@ -64,6 +64,10 @@ class Outbox:
     def has_backlog(self) -> bool:
         return bool(self._backlogs)
 
+    def backlogged_peers(self) -> int:
+        """Clients with replies held for them."""
+        return len(self._backlogs)
+
     def send(self, ident: bytes, frames: Sequence[Any]) -> None:
         """Send ``frames`` (one reply) to ``ident`` now, or hold them after its earlier ones."""
         backlog = self._backlogs.get(ident)

@@ -32,6 +32,9 @@ class PeerBook:
         self._max = max_peers
         self._addresses: Dict[bytes, str] = {}
         self._by_fd: Dict[int, str] = {}
+        #: connections accepted since start, and those of them still open (monitor events)
+        self.accepted = 0
+        self.open = 0
 
     def recv(self, front: zmq.Socket, flags: int = 0) -> List[bytes]:
         """One message of the ROUTER ``front``, as recv_multipart gives it (raises zmq.Again
@@ -68,6 +71,10 @@ class PeerBook:
 
     def opened(self, fd: int) -> None:
         """A connection accepted on descriptor ``fd`` (monitor EVENT_ACCEPTED)."""
+        self.accepted += 1
+        self.open += 1
+        if not log.isEnabledFor(logging.DEBUG):  # counted for metrics only: no name needed
+            return
         address = _peer_name(fd)
         if len(self._by_fd) >= self._max:
             self._by_fd.clear()
@@ -76,7 +83,9 @@ class PeerBook:
 
     def closed(self, fd: int) -> None:
         """A connection ended (monitor EVENT_DISCONNECTED): its descriptor is closed."""
-        log.debug("connection closed: peer=%s fd=%d", self._by_fd.pop(fd, "?"), fd)
+        self.open = max(0, self.open - 1)  # never below 0, even if an event was lost
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connection closed: peer=%s fd=%d", self._by_fd.pop(fd, "?"), fd)
 
 
 def _peer_name(fd: int) -> str:

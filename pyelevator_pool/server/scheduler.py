@@ -71,12 +71,12 @@ class Task:
     """One unit of work for a worker: a request (decoded or not) or a stream's next page."""
 
     __slots__ = ("ident", "frame", "request", "received", "lane", "stream", "size", "rid",
-                 "more", "new_stream", "admitted", "request_size")
+                 "more", "new_stream", "admitted", "request_size", "cmd")
 
     def __init__(self, ident: bytes, received: float, *, frame: Optional[bytes] = None,
                  request: Optional[protocol.Request] = None, lane: Optional[str] = None,
                  stream: Optional[Stream] = None, rid: Any = None,
-                 request_size: int = 0) -> None:
+                 request_size: int = 0, cmd: Optional[str] = None) -> None:
         self.ident = ident
         self.frame = frame
         self.request = request
@@ -90,6 +90,8 @@ class Task:
         self.more = False          # set by execute: a stream page that others follow
         self.new_stream: Optional[Stream] = None
         self.admitted = stream is None
+        #: the command (peeked when the frame is not decoded yet), for the statistics
+        self.cmd = request.cmd if request is not None else cmd
 
 
 class _Peer:
@@ -181,7 +183,7 @@ class Scheduler:
             return
         lane = uid if cmd in WRITES and uid else None
         task = Task(ident, received, frame=frame, request=request, lane=lane, rid=rid,
-                    request_size=request_size)
+                    request_size=request_size, cmd=cmd)
         peer.pending += 1
         self.pending_bytes += size
         self._enqueue(("l", lane) if lane is not None else ("p", ident), task)
@@ -232,6 +234,10 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self._ready)
+
+    def waiting(self) -> int:
+        """Tasks queued, not yet handed to a worker."""
+        return sum(len(q) for q in self._ready.values())
 
     def execute(self, task: Task) -> List[bytes]:
         """Run ``task`` (on a worker): its reply frames, or a stream's next page. Never

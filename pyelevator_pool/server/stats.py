@@ -4,13 +4,16 @@ Pure (no socket, no clock of its own): the loop calls :meth:`Stats.record` once 
 answered request with the duration it measured; INFO reads :meth:`Stats.snapshot`.
 Latency is kept in a log-bucket histogram per command over a recent window: two
 histograms, the current one and the previous one, swapped every ``window`` seconds,
-so memory is bounded by the number of commands times the number of buckets.
+so memory is bounded by the number of commands times the number of buckets. An all-time
+histogram per command is kept beside them for Prometheus (metrics.py), whose histograms
+must only grow. A lock guards every figure: the loop records, a metrics thread may read.
 """
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+import threading
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-__all__ = ["LatencyHistogram", "Stats"]
+__all__ = ["LatencyHistogram", "Stats", "CommandTotals"]
 
 #: bucket i holds durations in [_BASE * 2**(i/_PER_OCTAVE), next); 4 per octave ~ 19 % error
 _BASE = 1e-6
@@ -44,7 +47,10 @@ class LatencyHistogram:
     def add(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError(f"a duration cannot be negative, got {seconds!r}")
-        self.counts[_bucket(seconds)] += 1
+        self._add(_bucket(seconds), seconds)
+
+    def _add(self, bucket: int, seconds: float) -> None:
+        self.counts[bucket] += 1
         self.count += 1
         self.total += seconds
         if seconds > self.max:
@@ -74,14 +80,41 @@ class LatencyHistogram:
         return self.max  # pragma: no cover - the counts sum to count
 
 
+def cumulative_buckets(counts: List[int]) -> List[Tuple[float, int]]:
+    """``(upper bound, count of durations <= it)`` at every octave of the buckets' range
+    (a bucket boundary, so exact), ending with ``(inf, total)``: Prometheus's ``le``
+    buckets, 28 of them rather than one per log bucket."""
+    if len(counts) != _BUCKETS:
+        raise ValueError(f"expected {_BUCKETS} bucket counts, got {len(counts)}")
+    out: List[Tuple[float, int]] = []
+    seen = 0
+    for i, n in enumerate(counts):
+        seen += n
+        if i == _BUCKETS - 1:
+            out.append((math.inf, seen))  # the last bucket also holds every longer one
+        elif (i + 1) % _PER_OCTAVE == 0:
+            out.append((_upper(i), seen))
+    return out
+
+
+class CommandTotals(NamedTuple):
+    """One command's figures since start (a copy: safe to read on any thread)."""
+
+    requests: int
+    failures: Dict[int, int]  # error code -> count
+    counts: List[int]         # all-time log-bucket counts (see cumulative_buckets)
+    seconds: float            # the sum of the durations
+
+
 class _CommandStats:
-    __slots__ = ("requests", "failures", "current", "previous")
+    __slots__ = ("requests", "failures", "current", "previous", "all_time")
 
     def __init__(self) -> None:
         self.requests = 0
         self.failures: Dict[int, int] = {}  # error code -> count
         self.current = LatencyHistogram()
         self.previous = LatencyHistogram()
+        self.all_time = LatencyHistogram()
 
 
 class Stats:
@@ -94,6 +127,9 @@ class Stats:
         if not window > 0:
             raise ValueError(f"window must be a positive number of seconds, got {window!r}")
         self.window = float(window)
+        # Held only to update or copy counters (never for I/O): a reader stalls the loop
+        # for a copy at most.
+        self._lock = threading.Lock()
         self._rotated = now
         self._commands: Dict[str, _CommandStats] = {}
         self.bytes_in = 0
@@ -102,18 +138,24 @@ class Stats:
     def record(self, cmd: str, seconds: float, now: float, error: Optional[int] = None,
                size_in: int = 0, size_out: int = 0) -> None:
         """One answered request: ``cmd`` took ``seconds``, ``error`` its error code when
-        it failed; ``now`` is the caller's monotonic clock (for the window)."""
-        if now - self._rotated >= self.window:
-            self._rotate(now)
-        entry = self._commands.get(cmd)
-        if entry is None:
-            entry = self._commands[cmd] = _CommandStats()
-        entry.requests += 1
-        if error is not None:
-            entry.failures[error] = entry.failures.get(error, 0) + 1
-        entry.current.add(seconds)
-        self.bytes_in += size_in
-        self.bytes_out += size_out
+        it failed; ``now`` is the caller's monotonic clock (for the window);
+        ``size_in``/``size_out``: the request's and the reply's bytes."""
+        if seconds < 0:
+            raise ValueError(f"a duration cannot be negative, got {seconds!r}")
+        bucket = _bucket(seconds)
+        with self._lock:
+            if now - self._rotated >= self.window:
+                self._rotate(now)
+            entry = self._commands.get(cmd)
+            if entry is None:
+                entry = self._commands[cmd] = _CommandStats()
+            entry.requests += 1
+            if error is not None:
+                entry.failures[error] = entry.failures.get(error, 0) + 1
+            entry.current._add(bucket, seconds)
+            entry.all_time._add(bucket, seconds)
+            self.bytes_in += size_in
+            self.bytes_out += size_out
 
     def _rotate(self, now: float) -> None:
         stale = now - self._rotated >= 2 * self.window  # nothing recent in current either
@@ -125,25 +167,37 @@ class Stats:
     def snapshot(self, now: float) -> Dict[str, Any]:
         """``{"commands": {cmd: {requests, failures, p50, p90, p99, max}}, "bytes_in",
         "bytes_out"}``; latencies in seconds over the recent window (None when none)."""
-        if now - self._rotated >= self.window:
-            self._rotate(now)
         commands: Dict[str, Any] = {}
-        for cmd, entry in sorted(self._commands.items()):
-            recent = entry.current.merge(entry.previous)
-            commands[cmd] = {
-                "requests": entry.requests,
-                "failures": {str(code): n for code, n in entry.failures.items()},
-                "p50": recent.quantile(0.5), "p90": recent.quantile(0.9),
-                "p99": recent.quantile(0.99),
-                "max": recent.max if recent.count else None,
-            }
-        return {"commands": commands, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
+        with self._lock:
+            if now - self._rotated >= self.window:
+                self._rotate(now)
+            for cmd, entry in sorted(self._commands.items()):
+                recent = entry.current.merge(entry.previous)
+                commands[cmd] = {
+                    "requests": entry.requests,
+                    "failures": {str(code): n for code, n in entry.failures.items()},
+                    "p50": recent.quantile(0.5), "p90": recent.quantile(0.9),
+                    "p99": recent.quantile(0.99),
+                    "max": recent.max if recent.count else None,
+                }
+            return {"commands": commands, "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out}
 
     def totals(self) -> Tuple[int, int]:
         """(requests, failures) over every command since start."""
-        requests = sum(e.requests for e in self._commands.values())
-        failures = sum(sum(e.failures.values()) for e in self._commands.values())
+        with self._lock:
+            requests = sum(e.requests for e in self._commands.values())
+            failures = sum(sum(e.failures.values()) for e in self._commands.values())
         return requests, failures
+
+    def all_time(self) -> Tuple[Dict[str, CommandTotals], int, int]:
+        """``({cmd: CommandTotals}, bytes_in, bytes_out)`` since start, copied under the
+        lock (any thread may call it)."""
+        with self._lock:
+            commands = {cmd: CommandTotals(e.requests, dict(e.failures),
+                                           list(e.all_time.counts), e.all_time.total)
+                        for cmd, e in self._commands.items()}
+            return commands, self.bytes_in, self.bytes_out
 
 
 def reply_error(frames: List[Any]) -> Optional[int]:

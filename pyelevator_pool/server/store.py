@@ -623,6 +623,12 @@ class Store:
         with self._lock:
             return [db.name for db in self._by_name.values() if db.state is None]
 
+    def describe(self) -> List[Tuple[str, str, bool]]:
+        """``(name, absolute path, mounted)`` of every database (any thread may call it)."""
+        with self._lock:
+            return [(db.name, db.path, db.handle is not None)
+                    for db in self._by_name.values() if db.state is None]
+
     def create(self, name: str, options: Any) -> None:
         """Register and create database ``name``: a new path, an empty directory or an
         existing LevelDB. CommandError (DATABASE) when refused."""

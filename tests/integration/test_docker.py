@@ -2,9 +2,9 @@
 
 No docker engine is needed: the test parses the CMD/ENTRYPOINT of the Dockerfile's last
 stage (the default build target), substitutes only the data dir (``--data-dir``), the
-port (``--port``) and the bind address (``--bind 0.0.0.0`` becomes ``127.0.0.1``, because
-the tests' traffic stays on loopback), runs that command, and checks the server answers
-PING on the substituted port.
+ports (``--port``, ``--metrics-port``) and the bind address (``--bind 0.0.0.0`` becomes
+``127.0.0.1``, because the tests' traffic stays on loopback), runs that command, and checks
+the server answers PING and a metrics scrape on the substituted ports.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from pyelevator_pool.testing import ping
+from scrape import free_port, scrape, value
 
 from paths import ROOT
 DOCKERFILE = ROOT / "Dockerfile"
@@ -105,8 +106,10 @@ def test_dockerfile_builds_the_slim_python_image_as_a_non_root_user(final_stage)
     assert final_stage["user"] not in (None, "root", "0")
     assert "/data" in final_stage["volumes"]
     assert "4141" in final_stage["expose"]
+    assert "9141" in final_stage["expose"]
     text = DOCKERFILE.read_text()
-    assert '[server]' in text and "pip install" in text
+    # the CMD serves metrics: the image must hold prometheus_client
+    assert '[server,metrics]' in text and "pip install" in text
 
 
 def test_dockerfile_server_binds_every_interface_on_4141_with_data_in_the_volume(final_stage):
@@ -114,13 +117,7 @@ def test_dockerfile_server_binds_every_interface_on_4141_with_data_in_the_volume
     assert cmd[cmd.index("--bind") + 1] == "0.0.0.0"
     assert cmd[cmd.index("--port") + 1] == "4141"
     assert cmd[cmd.index("--data-dir") + 1] in final_stage["volumes"]
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    assert cmd[cmd.index("--metrics-port") + 1] == "9141"
 
 
 def _resolve(executable: str) -> List[str]:
@@ -139,17 +136,19 @@ def _resolve(executable: str) -> List[str]:
 
 def test_dockerfile_cmd_runs_the_server_and_it_answers_ping(final_stage, tmp_path):
     cmd = server_command(final_stage)
-    port = _free_port()
+    port, metrics_port = free_port(), free_port()
     data_dir = tmp_path / "data"
     argv = list(cmd)
     argv[argv.index("--data-dir") + 1] = str(data_dir)
     argv[argv.index("--port") + 1] = str(port)
+    argv[argv.index("--metrics-port") + 1] = str(metrics_port)
     # Documented substitution: the tests keep their traffic on loopback.
     argv[argv.index("--bind") + 1] = "127.0.0.1"
     argv = _resolve(argv[0]) + argv[1:]
     # Exactly the Dockerfile's command line but for those three values.
-    assert [a for a in argv[1:] if a not in (str(data_dir), str(port), "127.0.0.1")] == \
-        [a for a in cmd[1:] if a not in ("/data", "4141", "0.0.0.0")]
+    assert [a for a in argv[1:]
+            if a not in (str(data_dir), str(port), str(metrics_port), "127.0.0.1")] == \
+        [a for a in cmd[1:] if a not in ("/data", "4141", "9141", "0.0.0.0")]
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             cwd=str(tmp_path))
@@ -165,6 +164,8 @@ def test_dockerfile_cmd_runs_the_server_and_it_answers_ping(final_stage, tmp_pat
         assert answered, (f"{shlex.join(argv)} did not answer PING in {START_TIMEOUT}s:\n"
                           + (tmp_path / "server.log").read_text(errors="replace"))
         assert (data_dir / "store.json").exists()  # the data went where --data-dir said
+        samples, _ = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert value(samples, "elevator_db_mounted", db="default") == 1
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
