@@ -34,7 +34,7 @@ from ..protocol import ErrorCode, ProtocolError, encode_error_reply
 from ..security import load_key_pair
 from .handlers import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE,
                        FAST_GET_MAX_FRAME, Dispatcher)
-from .metrics import DatabaseFigures, LoopFigures, MetricsServer, ServerCollector
+from .metrics import DatabaseFigures, FiguresHandoff, LoopFigures, MetricsServer, ServerCollector
 from .outbox import Outbox, RateLimitedLog
 from .peers import PeerBook
 from .reqlog import RequestLog
@@ -53,7 +53,7 @@ _BURST = 256           # requests read per wake-up before looking at worker repl
 _BIG_FRAME = 16 * 1024  # request frames above this are decoded on a worker
 _DRAIN_TIME = 10.0     # seconds a graceful stop spends answering what is in flight
 _DRAIN_QUIET = 0.25    # seconds without a new request after which a stop stops reading
-_FIGURES_TICK = 0.25   # seconds between publications of the loop's figures for metrics
+_SCRAPE_WAIT = 5.0     # seconds a scrape waits for the loop's figures before the last ones
 
 
 @dataclass
@@ -140,8 +140,7 @@ class Server:
         self.stats = Stats(now=self._started)
         self.dispatcher.info_source = self.info
         self._metrics: Optional[MetricsServer] = None
-        #: replaced whole by the loop, read by the metrics thread (no lock needed)
-        self._loop_figures = LoopFigures()
+        self._handoff: Optional[FiguresHandoff] = None  # the loop's figures for scrapes
 
     def info(self) -> Dict[str, Any]:
         """What INFO answers: the server's identity and uptime, and the request statistics
@@ -227,21 +226,30 @@ class Server:
 
     def _serve_metrics(self) -> MetricsServer:
         from .. import __version__
+        handoff = self._handoff = FiguresHandoff(self._figures())
         collector = ServerCollector(
-            self.stats, version=__version__, uptime=lambda: time.monotonic() - self._started,
-            loop=lambda: self._loop_figures,
+            version=__version__, uptime=lambda: time.monotonic() - self._started,
+            loop=lambda: handoff.fetch(_SCRAPE_WAIT),
             databases=lambda: [DatabaseFigures(*d) for d in self.store.describe()])
         bind = self.config.metrics_bind or self.config.bind
         return MetricsServer(collector, bind, self.config.metrics_port)
 
-    def _publish_figures(self) -> None:
-        """What the metrics thread may not read itself (the loop's own queues)."""
+    def _figures(self) -> LoopFigures:
+        """A copy of what the metrics thread may not read itself (on the loop's thread)."""
         scheduler, outbox, peers = self._scheduler, self._outbox, self._peer_book
-        assert scheduler is not None and outbox is not None
-        self._loop_figures = LoopFigures(
-            connections=peers.open, connections_total=peers.accepted,
-            waiting=scheduler.waiting(), running=len(self._running),
-            streams=scheduler.open_streams(), backlogged_peers=outbox.backlogged_peers())
+        stats = self.stats
+        return LoopFigures(
+            stats.all_time(), stats.bytes_in, stats.bytes_out, connections=peers.open,
+            connections_total=peers.accepted, running=len(self._running),
+            waiting=scheduler.waiting() if scheduler is not None else 0,
+            streams=scheduler.open_streams() if scheduler is not None else 0,
+            backlogged_peers=outbox.backlogged_peers() if outbox is not None else 0)
+
+    def _answer_scrape(self) -> None:
+        """Hand a waiting scrape the loop's figures (each turn of the loop)."""
+        handoff = self._handoff
+        if handoff is not None and handoff.wanted():
+            handoff.publish(self._figures())
 
     def _enable_curve(self, ctx: zmq.Context, front: zmq.Socket, secret_key_file: str) -> None:
         """CURVE on the ROUTER socket, and a ZAP handler that checks client keys."""
@@ -457,7 +465,6 @@ class Server:
         tick = max(0.05, min(1.0, unmount_after / 2)) if unmount_after > 0 else None
         next_tick = time.monotonic() + tick if tick else None
         next_stream_check = time.monotonic() + 1.0
-        next_figures = time.monotonic() if self._metrics is not None else None
         try:
             while not self._stop.is_set():
                 wait = _BACKLOG_TICK if outbox.has_backlog() else _TICK
@@ -477,9 +484,7 @@ class Server:
                 self._drain_front_monitor()
                 self._rate_log.flush()
                 now = time.monotonic()
-                if next_figures is not None and now >= next_figures:
-                    next_figures = now + _FIGURES_TICK
-                    self._publish_figures()
+                self._answer_scrape()
                 if now >= next_stream_check:
                     next_stream_check = now + 1.0
                     scheduler.close_idle_streams()
@@ -688,6 +693,7 @@ class Server:
             outbox.flush()
             self._drain_front_monitor()  # out of descriptors, libzmq waits for this reader
             self._rate_log.flush()
+            self._answer_scrape()
             if not reading and not forwarded and not self._running and not scheduler.has_work():
                 if scheduler.open_streams():
                     scheduler.end_streams("the server is stopping: stream ended")

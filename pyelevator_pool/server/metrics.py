@@ -1,12 +1,12 @@
 """Prometheus metrics (``--metrics-port``): the server's figures in the text format, over HTTP.
 
-A collector on a registry of its own reads the figures at scrape time, on the HTTP
-server's thread: the request counters and all-time latency histograms from
-:class:`Stats` (copied under its lock), the queue depths and connection counts the loop
-publishes (:class:`LoopFigures`, replaced whole, never mutated: reading them takes no
-lock), and each database's files on disk. The loop never waits for a scrape but for the
-copy of the counters. ``prometheus_client`` (the ``metrics`` extra) is imported only when
-a metrics server is made, so the server runs without it otherwise.
+A collector on a registry of its own runs at scrape time on the HTTP server's thread.
+What only the loop may read (its :class:`Stats`, queues and connection counts) it asks
+the loop for through a :class:`FiguresHandoff`: the loop copies them at its next turn
+(:class:`LoopFigures`) and goes on, never waiting for the scrape; the scrape waits for
+that copy, so it sees every request answered before it was asked. Database sizes are
+read from the disk by the scrape itself. ``prometheus_client`` (the ``metrics`` extra) is
+imported only when a metrics server is made, so the server runs without it otherwise.
 """
 from __future__ import annotations
 
@@ -15,16 +15,18 @@ import os
 import socket
 import threading
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, NamedTuple, Optional, Sequence
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, Optional,
+                    Sequence)
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from ..errors import ErrorCode
-from .stats import Stats, cumulative_buckets
+from .stats import CommandTotals, cumulative_buckets
 
 if TYPE_CHECKING:
     from types import ModuleType
 
-__all__ = ["LoopFigures", "DatabaseFigures", "ServerCollector", "MetricsServer",
+__all__ = ["LoopFigures", "FiguresHandoff", "DatabaseFigures", "ServerCollector",
+           "MetricsServer",
            "MetricsUnavailable", "load_prometheus_client", "status_label"]
 
 log = logging.getLogger("elevator.metrics")
@@ -49,14 +51,56 @@ def load_prometheus_client() -> "ModuleType":
 
 
 class LoopFigures(NamedTuple):
-    """What only the loop may read (its queues), published by it every fraction of a second."""
+    """What only the loop may read, copied by it for a scrape."""
 
+    commands: Dict[str, CommandTotals]  # Stats.all_time()
+    bytes_in: int = 0
+    bytes_out: int = 0
     connections: int = 0        # TCP/IPC connections open now
     connections_total: int = 0  # connections accepted since start
     waiting: int = 0            # heavy requests queued for a worker
     running: int = 0            # requests on a worker now
     streams: int = 0            # streamed replies open
     backlogged_peers: int = 0   # clients whose replies wait for their queue to drain
+
+
+class FiguresHandoff:
+    """A scrape's request for the loop's figures, and the loop's answer.
+
+    The loop calls :meth:`wanted` every turn (an attribute read) and, when True,
+    :meth:`publish`; :meth:`fetch` (the scrape) waits for a publication newer than its
+    request. The loop never waits on the scrape: publish only notifies."""
+
+    def __init__(self, initial: LoopFigures) -> None:
+        if not isinstance(initial, LoopFigures):
+            raise TypeError(f"initial must be LoopFigures, not {type(initial).__name__}")
+        self._cond = threading.Condition()
+        self._figures = initial
+        self._generation = 0
+        self._wanted = False
+
+    def wanted(self) -> bool:
+        return self._wanted
+
+    def publish(self, figures: LoopFigures) -> None:
+        with self._cond:
+            self._figures = figures
+            self._generation += 1
+            self._wanted = False
+            self._cond.notify_all()
+
+    def fetch(self, timeout: float) -> LoopFigures:
+        """Figures published after this call, or the last ones after ``timeout`` seconds
+        (a loop stuck in a long request)."""
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        with self._cond:
+            asked = self._generation
+            self._wanted = True
+            if not self._cond.wait_for(lambda: self._generation != asked, timeout):
+                log.warning("metrics: the loop did not answer in %ss; serving its last "
+                            "figures", timeout)
+            return self._figures
 
 
 class DatabaseFigures(NamedTuple):
@@ -99,18 +143,15 @@ def disk_size(path: str) -> Optional[int]:
 class ServerCollector:
     """A prometheus_client collector of one server's figures (read on the scraping thread)."""
 
-    def __init__(self, stats: Stats, *, version: str, uptime: Callable[[], float],
+    def __init__(self, *, version: str, uptime: Callable[[], float],
                  loop: Callable[[], LoopFigures],
                  databases: Callable[[], Sequence[DatabaseFigures]]) -> None:
-        if not isinstance(stats, Stats):
-            raise TypeError(f"stats must be a Stats, not {type(stats).__name__}")
         if not isinstance(version, str):
             raise TypeError(f"version must be a str, not {type(version).__name__}")
         for name, value in (("uptime", uptime), ("loop", loop), ("databases", databases)):
             if not callable(value):
                 raise TypeError(f"{name} must be callable, not {type(value).__name__}")
         self._core = load_prometheus_client().core
-        self._stats = stats
         self._version = version
         self._uptime = uptime
         self._loop = loop
@@ -121,7 +162,7 @@ class ServerCollector:
 
     def collect(self) -> Iterator[Any]:
         core = self._core
-        commands, bytes_in, bytes_out = self._stats.all_time()
+        loop = self._loop()
         requests = core.CounterMetricFamily(
             "elevator_requests", "Requests answered, by command and status (ok or the "
             "error code's name), since start.", labels=["command", "status"])
@@ -129,7 +170,7 @@ class ServerCollector:
             "elevator_request_duration_seconds", "Seconds from a request's receipt to its "
             "reply, all time since start (INFO's quantiles cover the last minutes).",
             labels=["command"])
-        for cmd, totals in sorted(commands.items()):
+        for cmd, totals in sorted(loop.commands.items()):
             failed = sum(totals.failures.values())
             requests.add_metric([cmd, "ok"], totals.requests - failed)
             for code, n in sorted(totals.failures.items()):
@@ -139,10 +180,10 @@ class ServerCollector:
         yield requests
         yield durations
         yield core.CounterMetricFamily("elevator_received_bytes",
-                                       "Bytes of the requests answered.", value=bytes_in)
+                                       "Bytes of the requests answered.",
+                                       value=loop.bytes_in)
         yield core.CounterMetricFamily("elevator_sent_bytes",
-                                       "Bytes of the replies sent.", value=bytes_out)
-        loop = self._loop()
+                                       "Bytes of the replies sent.", value=loop.bytes_out)
         # Not elevator_connections_total: in OpenMetrics that would be the gauge's family.
         yield core.CounterMetricFamily("elevator_connections_accepted",
                                        "Client connections accepted since start.",

@@ -6,11 +6,11 @@ Latency is kept in a log-bucket histogram per command over a recent window: two
 histograms, the current one and the previous one, swapped every ``window`` seconds,
 so memory is bounded by the number of commands times the number of buckets. An all-time
 histogram per command is kept beside them for Prometheus (metrics.py), whose histograms
-must only grow. A lock guards every figure: the loop records, a metrics thread may read.
+must only grow. Not locked: only the loop's thread touches it (the metrics thread gets
+copies from the loop, :meth:`Stats.all_time`).
 """
 
 import math
-import threading
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 __all__ = ["LatencyHistogram", "Stats", "CommandTotals"]
@@ -44,17 +44,17 @@ class LatencyHistogram:
         self.total = 0.0
         self.max = 0.0
 
-    def add(self, seconds: float) -> None:
+    def add(self, seconds: float) -> int:
+        """Count ``seconds``; returns its bucket (for a histogram kept beside this one)."""
         if seconds < 0:
             raise ValueError(f"a duration cannot be negative, got {seconds!r}")
-        self._add(_bucket(seconds), seconds)
-
-    def _add(self, bucket: int, seconds: float) -> None:
+        bucket = _bucket(seconds)
         self.counts[bucket] += 1
         self.count += 1
         self.total += seconds
         if seconds > self.max:
             self.max = seconds
+        return bucket
 
     def merge(self, other: "LatencyHistogram") -> "LatencyHistogram":
         out = LatencyHistogram()
@@ -107,14 +107,16 @@ class CommandTotals(NamedTuple):
 
 
 class _CommandStats:
-    __slots__ = ("requests", "failures", "current", "previous", "all_time")
+    __slots__ = ("requests", "failures", "current", "previous", "all_counts", "all_seconds")
 
     def __init__(self) -> None:
         self.requests = 0
         self.failures: Dict[int, int] = {}  # error code -> count
         self.current = LatencyHistogram()
         self.previous = LatencyHistogram()
-        self.all_time = LatencyHistogram()
+        #: since start (their count is ``requests``): bare fields, cheap on the hot path
+        self.all_counts: List[int] = [0] * _BUCKETS
+        self.all_seconds = 0.0
 
 
 class Stats:
@@ -127,9 +129,6 @@ class Stats:
         if not window > 0:
             raise ValueError(f"window must be a positive number of seconds, got {window!r}")
         self.window = float(window)
-        # Held only to update or copy counters (never for I/O): a reader stalls the loop
-        # for a copy at most.
-        self._lock = threading.Lock()
         self._rotated = now
         self._commands: Dict[str, _CommandStats] = {}
         self.bytes_in = 0
@@ -140,22 +139,18 @@ class Stats:
         """One answered request: ``cmd`` took ``seconds``, ``error`` its error code when
         it failed; ``now`` is the caller's monotonic clock (for the window);
         ``size_in``/``size_out``: the request's and the reply's bytes."""
-        if seconds < 0:
-            raise ValueError(f"a duration cannot be negative, got {seconds!r}")
-        bucket = _bucket(seconds)
-        with self._lock:
-            if now - self._rotated >= self.window:
-                self._rotate(now)
-            entry = self._commands.get(cmd)
-            if entry is None:
-                entry = self._commands[cmd] = _CommandStats()
-            entry.requests += 1
-            if error is not None:
-                entry.failures[error] = entry.failures.get(error, 0) + 1
-            entry.current._add(bucket, seconds)
-            entry.all_time._add(bucket, seconds)
-            self.bytes_in += size_in
-            self.bytes_out += size_out
+        if now - self._rotated >= self.window:
+            self._rotate(now)
+        entry = self._commands.get(cmd)
+        if entry is None:
+            entry = self._commands[cmd] = _CommandStats()
+        entry.requests += 1
+        if error is not None:
+            entry.failures[error] = entry.failures.get(error, 0) + 1
+        entry.all_counts[entry.current.add(seconds)] += 1
+        entry.all_seconds += seconds
+        self.bytes_in += size_in
+        self.bytes_out += size_out
 
     def _rotate(self, now: float) -> None:
         stale = now - self._rotated >= 2 * self.window  # nothing recent in current either
@@ -167,37 +162,30 @@ class Stats:
     def snapshot(self, now: float) -> Dict[str, Any]:
         """``{"commands": {cmd: {requests, failures, p50, p90, p99, max}}, "bytes_in",
         "bytes_out"}``; latencies in seconds over the recent window (None when none)."""
+        if now - self._rotated >= self.window:
+            self._rotate(now)
         commands: Dict[str, Any] = {}
-        with self._lock:
-            if now - self._rotated >= self.window:
-                self._rotate(now)
-            for cmd, entry in sorted(self._commands.items()):
-                recent = entry.current.merge(entry.previous)
-                commands[cmd] = {
-                    "requests": entry.requests,
-                    "failures": {str(code): n for code, n in entry.failures.items()},
-                    "p50": recent.quantile(0.5), "p90": recent.quantile(0.9),
-                    "p99": recent.quantile(0.99),
-                    "max": recent.max if recent.count else None,
-                }
-            return {"commands": commands, "bytes_in": self.bytes_in,
-                    "bytes_out": self.bytes_out}
+        for cmd, entry in sorted(self._commands.items()):
+            recent = entry.current.merge(entry.previous)
+            commands[cmd] = {
+                "requests": entry.requests,
+                "failures": {str(code): n for code, n in entry.failures.items()},
+                "p50": recent.quantile(0.5), "p90": recent.quantile(0.9),
+                "p99": recent.quantile(0.99),
+                "max": recent.max if recent.count else None,
+            }
+        return {"commands": commands, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
 
     def totals(self) -> Tuple[int, int]:
         """(requests, failures) over every command since start."""
-        with self._lock:
-            requests = sum(e.requests for e in self._commands.values())
-            failures = sum(sum(e.failures.values()) for e in self._commands.values())
+        requests = sum(e.requests for e in self._commands.values())
+        failures = sum(sum(e.failures.values()) for e in self._commands.values())
         return requests, failures
 
-    def all_time(self) -> Tuple[Dict[str, CommandTotals], int, int]:
-        """``({cmd: CommandTotals}, bytes_in, bytes_out)`` since start, copied under the
-        lock (any thread may call it)."""
-        with self._lock:
-            commands = {cmd: CommandTotals(e.requests, dict(e.failures),
-                                           list(e.all_time.counts), e.all_time.total)
-                        for cmd, e in self._commands.items()}
-            return commands, self.bytes_in, self.bytes_out
+    def all_time(self) -> Dict[str, CommandTotals]:
+        """Each command's figures since start, copied (another thread may keep them)."""
+        return {cmd: CommandTotals(e.requests, dict(e.failures), list(e.all_counts),
+                                   e.all_seconds) for cmd, e in self._commands.items()}
 
 
 def reply_error(frames: List[Any]) -> Optional[int]:

@@ -8,8 +8,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyelevator_pool.errors import ErrorCode
-from pyelevator_pool.server.metrics import (DatabaseFigures, LoopFigures, MetricsServer,
-                                            ServerCollector, disk_size, status_label)
+from pyelevator_pool.server.metrics import (DatabaseFigures, FiguresHandoff, LoopFigures,
+                                            MetricsServer, ServerCollector, disk_size,
+                                            status_label)
 from pyelevator_pool.server.stats import Stats, cumulative_buckets
 
 
@@ -22,19 +23,21 @@ def _samples(collector: ServerCollector) -> dict:
 
 
 def _collector(stats: Stats, tmp_path, **overrides) -> ServerCollector:
+    """A collector whose loop figures are the stats' at each collection, as the loop copies them."""
     kwargs = dict(version="9.9", uptime=lambda: 12.5,
-                  loop=lambda: LoopFigures(connections=3, connections_total=7, waiting=2),
+                  loop=lambda: LoopFigures(stats.all_time(), stats.bytes_in, stats.bytes_out,
+                                           connections=3, connections_total=7, waiting=2),
                   databases=lambda: [DatabaseFigures("a", str(tmp_path), True),
                                      DatabaseFigures("gone", str(tmp_path / "no"), False)])
     kwargs.update(overrides)
-    return ServerCollector(stats, **kwargs)
+    return ServerCollector(**kwargs)
 
 
 def test_buckets_are_cumulative_at_octaves_and_exact_at_their_bounds():
     stats = Stats()
     for seconds in (3e-6, 3e-6, 1e-3, 500.0):  # 500 s: beyond the last bound
         stats.record("GET", seconds, now=0)
-    counts = stats.all_time()[0]["GET"].counts
+    counts = stats.all_time()["GET"].counts
     buckets = cumulative_buckets(counts)
     bounds = [b for b, _ in buckets]
     assert bounds == sorted(bounds) and bounds[-1] == math.inf
@@ -100,13 +103,38 @@ def test_disk_size_counts_files_only(tmp_path):
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    with pytest.raises(TypeError, match="stats must be a Stats"):
-        ServerCollector(object(), version="1", uptime=lambda: 0.0,  # type: ignore[arg-type]
-                        loop=LoopFigures, databases=list)
+    with pytest.raises(TypeError, match="version must be a str"):
+        ServerCollector(version=1, uptime=lambda: 0.0,  # type: ignore[arg-type]
+                        loop=lambda: LoopFigures({}), databases=list)
     with pytest.raises(TypeError, match="loop must be callable"):
-        _collector(Stats(), tmp_path, loop=LoopFigures())
+        _collector(Stats(), tmp_path, loop=LoopFigures({}))
     collector = _collector(Stats(), tmp_path)
     with pytest.raises(ValueError, match="port must be an int in 1..65535"):
         MetricsServer(collector, "127.0.0.1", 0)
     with pytest.raises(ValueError, match="bind must be a non-empty address"):
         MetricsServer(collector, "", 9141)
+
+
+def test_handoff_waits_for_the_loop_s_next_copy_and_falls_back_to_the_last():
+    import threading
+    import time
+
+    handoff = FiguresHandoff(LoopFigures({}, bytes_in=1))
+    assert not handoff.wanted()
+    # nobody publishes: the last figures after the timeout
+    assert handoff.fetch(0.05).bytes_in == 1
+    got = []
+    scraper = threading.Thread(target=lambda: got.append(handoff.fetch(30.0)))
+    scraper.start()
+    deadline = time.monotonic() + 30
+    while not handoff.wanted() and time.monotonic() < deadline:  # the "loop", polling
+        time.sleep(0.005)
+    assert handoff.wanted()
+    handoff.publish(LoopFigures({}, bytes_in=2))
+    scraper.join(30)
+    assert [f.bytes_in for f in got] == [2]
+    assert not handoff.wanted()
+    with pytest.raises(ValueError, match="timeout must be a positive"):
+        handoff.fetch(0)
+    with pytest.raises(TypeError, match="initial must be LoopFigures"):
+        FiguresHandoff(None)  # type: ignore[arg-type]
