@@ -754,16 +754,42 @@ def _cannot_write(target: str, exc: OSError) -> CliError:
 def cmd_info(args: argparse.Namespace) -> int:
     with _client(args, "default") as e:
         info = e.info()
+    name = getattr(args, "db", None)
+    if name is not None:
+        info["databases"] = {name: _database_info(info, name, e.endpoint)}
     if args.json:
         _echo(json.dumps(info, sort_keys=True))
         return 0
-    lines = [f"{name}: {value}" for name, value in info.items() if name != "commands"]
+    nested = ("commands", "queues", "databases")
+    lines = [f"{key}: {value}" for key, value in info.items() if key not in nested]
+    lines.append("queues: " + _pairs(info.get("queues", {})))
     for cmd, figures in info.get("commands", {}).items():
-        lines.append(f"{cmd}: " + " ".join(
-            f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
-            for name, value in figures.items()))
+        lines.append(f"{cmd}: {_pairs(figures)}")
+    for db, figures in info.get("databases", {}).items():
+        lines.append(f"db {db}: " + _pairs({k: v for k, v in figures.items()
+                                             if k != "leveldb_stats"}))
+        if name is not None and figures.get("leveldb_stats"):
+            lines.append(figures["leveldb_stats"].rstrip("\n"))
     _echo("\n".join(lines))
     return 0
+
+
+def _pairs(figures: Dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in figures.items())
+
+
+def _database_info(info: Dict[str, Any], name: str, endpoint: str) -> Dict[str, Any]:
+    """INFO's figures of database ``name``; CliError when the server has none."""
+    databases = info.get("databases")
+    if databases is None:
+        raise CliError(f"{endpoint} gives no figures per database (an older server): use "
+                       "'elevator stats --exact'")
+    if name not in databases:
+        raise CliError(f"database {name!r} doesn't exist on {endpoint} "
+                       f"(create it: elevator createdb {name})")
+    figures: Dict[str, Any] = databases[name]
+    return figures
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -772,17 +798,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
         e.Ping()
         ping_ms = (time.perf_counter() - t0) * 1000
         dbs = e.listdb()
-        t0 = time.perf_counter()
-        pairs = key_bytes = value_bytes = 0
-        for key, value in dump(e, page_size=args.page_size):
-            pairs += 1
-            key_bytes += len(key)
-            value_bytes += len(value)
-        scan = time.perf_counter() - t0
-        pool = e.pool.stats()
-    stats = {"endpoint": e.endpoint, "ping_ms": round(ping_ms, 3), "databases": len(dbs),
-             "db": e.db_name, "pairs": pairs, "key_bytes": key_bytes, "value_bytes": value_bytes,
-             "scan_seconds": round(scan, 3), "retries": pool["retries"]}
+        stats: Dict[str, Any] = {"endpoint": e.endpoint, "ping_ms": round(ping_ms, 3),
+                                 "databases": len(dbs), "db": e.db_name}
+        if args.exact:
+            t0 = time.perf_counter()
+            pairs = key_bytes = value_bytes = 0
+            for key, value in dump(e, page_size=args.page_size):
+                pairs += 1
+                key_bytes += len(key)
+                value_bytes += len(value)
+            stats.update(pairs=pairs, key_bytes=key_bytes, value_bytes=value_bytes,
+                         scan_seconds=round(time.perf_counter() - t0, 3))
+        else:
+            e.mount()  # so that INFO can estimate its keys (a mounted one only)
+            figures = _database_info(e.info(), e.db_name, e.endpoint)
+            stats.update(keys_estimate=figures["keys_estimate"],
+                         size_bytes=figures["size_bytes"])
+        stats["retries"] = e.pool.stats()["retries"]
     if args.json:
         _echo(json.dumps(stats))
     else:
@@ -903,8 +935,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pairs per read (default: %(default)s)")
     sp = add("info", cmd_info, "the server's statistics (the INFO extension)")
     sp.add_argument("--json", action="store_true", help="one JSON object")
-    sp = add("stats", cmd_stats, "server round trip and the database's size (scans it)")
+    sp = add("stats", cmd_stats, "server round trip and the database's size (from INFO, or "
+             "--exact)")
     sp.add_argument("--json", action="store_true", help="one JSON object")
+    sp.add_argument("--exact", action="store_true",
+                    help="count the pairs and their bytes by reading every one (slow)")
     sp.add_argument("--page-size", type=_int_at_least("page_size", 1), default=10_000,
                     help=argparse.SUPPRESS)
     return p

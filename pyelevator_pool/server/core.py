@@ -34,13 +34,14 @@ from ..protocol import ErrorCode, ProtocolError, encode_error_reply
 from ..security import load_key_pair
 from .handlers import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE,
                        FAST_GET_MAX_FRAME, Dispatcher)
-from .metrics import DatabaseFigures, FiguresHandoff, LoopFigures, MetricsServer, ServerCollector
+from .metrics import (DatabaseFigures, FiguresHandoff, LoopFigures, MetricsServer, ServerCollector,
+                      disk_size)
 from .outbox import Outbox, RateLimitedLog
 from .peers import PeerBook
 from .reqlog import RequestLog
 from .scheduler import Scheduler, Task
 from .stats import Stats, reply_error
-from .store import Store
+from .store import CommandError, Store
 
 __all__ = ["Config", "Server"]
 
@@ -149,9 +150,27 @@ class Server:
         now = time.monotonic()
         snap = self.stats.snapshot(now)
         requests, failures = self.stats.totals()
+        loop = self._figures()
         return {"version": __version__, "pid": os.getpid(), "uptime": now - self._started,
                 "data_dir": os.path.abspath(self.store.data_dir), "requests": requests,
-                "failures": failures, **snap}
+                "failures": failures, "connections": loop.connections,
+                "connections_total": loop.connections_total,
+                "queues": {"heavy_waiting": loop.waiting, "heavy_running": loop.running,
+                           "streams": loop.streams, "backlogged_clients": loop.backlogged_peers},
+                **snap, "databases": self._databases()}
+
+    def _databases(self) -> Dict[str, Dict[str, Any]]:
+        """INFO's view of each database: path, mounted, size on disk and its usage
+        (Store.usage); a database dropped meanwhile is left out."""
+        out: Dict[str, Dict[str, Any]] = {}
+        for name, path, mounted in self.store.describe():
+            size = disk_size(path)
+            try:
+                usage = self.store.usage(name, size)
+            except CommandError:
+                continue
+            out[name] = {"path": path, "mounted": mounted, "size_bytes": size, **usage}
+        return out
 
     # --------------------------------------------------------------- lifecycle
 
@@ -376,10 +395,8 @@ class Server:
     def _monitor_front(self, ctx: "_ServerContext", front: zmq.Socket) -> None:
         """Watch the ROUTER for failed accepts (out of file descriptors, above all)."""
         try:
-            events = zmq.EVENT_ACCEPT_FAILED
-            # connection lines and counts: only when they are shown or served
-            if log.isEnabledFor(logging.DEBUG) or self.config.metrics_port:
-                events |= zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+            # accepts and disconnects: the connection counts (INFO, metrics), and the DEBUG lines
+            events = zmq.EVENT_ACCEPT_FAILED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
             monitor = front.get_monitor_socket(events)
         except zmq.ZMQError as exc:
             log.warning("cannot monitor the listening socket: %s", exc)

@@ -25,6 +25,7 @@ LevelDB open/close/repair and file deletion run outside it, under the database's
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import logging
 import os
@@ -90,6 +91,10 @@ def unknown_uid(uid: str, name: Optional[str] = None) -> CommandError:
     """The answer to a request naming a uid that is not (any more) a database's."""
     return CommandError(f"Database {name or uid} doesn't exist", ErrorCode.RUNTIME,
                         detail={"unknown_uid": uid})
+
+
+#: pairs INFO reads of a mounted database to estimate its key count (a bounded read)
+KEYS_SAMPLE = 1000
 
 
 class _Db:
@@ -628,6 +633,36 @@ class Store:
         with self._lock:
             return [(db.name, db.path, db.handle is not None)
                     for db in self._by_name.values() if db.state is None]
+
+    def usage(self, name: str, disk_bytes: Optional[int]) -> Dict[str, Any]:
+        """INFO's figures of database ``name``: ``idle`` (seconds since its last use) and,
+        when it is mounted (INFO never mounts one to describe it), ``leveldb_stats`` and
+        ``keys_estimate``: exact up to KEYS_SAMPLE keys, else ``disk_bytes`` over the mean
+        size of the first KEYS_SAMPLE pairs (LevelDB keeps no count; compression on disk
+        makes it low). CommandError when ``name`` is gone."""
+        with self._lock:
+            db = self._get(name)
+            out: Dict[str, Any] = {"idle": time.monotonic() - db.last_used,
+                                   "leveldb_stats": None, "keys_estimate": None}
+            if db.handle is None or db.busy is not None:
+                return out
+            db.users += 1  # the handle stays open while it is read
+            handle = db.handle
+        try:
+            raw = handle.get_property(b"leveldb.stats")
+            keys = sample_bytes = 0
+            with handle.iterator(fill_cache=False) as it:
+                for key, value in itertools.islice(it, KEYS_SAMPLE):
+                    keys += 1
+                    sample_bytes += len(key) + len(value)
+        finally:
+            self.release(db.uid)
+        out["leveldb_stats"] = None if raw is None else raw.decode("utf-8", "replace")
+        if keys < KEYS_SAMPLE or not disk_bytes:
+            out["keys_estimate"] = keys
+        else:
+            out["keys_estimate"] = max(keys, round(disk_bytes / (sample_bytes / keys)))
+        return out
 
     def create(self, name: str, options: Any) -> None:
         """Register and create database ``name``: a new path, an empty directory or an

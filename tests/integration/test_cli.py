@@ -192,9 +192,13 @@ def test_createdb_listdb_dropdb_and_stats(endpoint, admin):
         rc, _, err = elevator(endpoint, "createdb", "cli_made")
         assert rc == 1 and err.count("\n") == 1
         Elevator("cli_made", pool=admin.pool).Put(b"abc", b"12345")
-        rc, out, _ = elevator(endpoint, "stats", "--json", db="cli_made")
+        rc, out, _ = elevator(endpoint, "stats", "--json", "--exact", db="cli_made")
         stats = json.loads(out)
         assert rc == 0 and (stats["pairs"], stats["key_bytes"], stats["value_bytes"]) == (1, 3, 5)
+        rc, out, _ = elevator(endpoint, "stats", "--json", db="cli_made")  # from INFO
+        stats = json.loads(out)
+        assert rc == 0 and stats["keys_estimate"] == 1 and stats["size_bytes"] > 0
+        assert "pairs" not in stats
     finally:
         assert elevator(endpoint, "dropdb", "cli_made")[0] == 0
     assert "cli_made" not in admin.listdb()
