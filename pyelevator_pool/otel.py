@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
 from .pool import ElevatorPool, PoolStats
 
@@ -28,56 +28,63 @@ __all__ = ["instrument_pool", "METRICS", "POOL_NAME"]
 POOL_NAME = "db.client.connection.pool.name"
 _STATE = "db.client.connection.state"
 
+Values = Callable[[PoolStats], List[Tuple[float, Dict[str, str]]]]
+
+
+def _stat(key: str) -> Values:
+    """The values of an instrument that is one ``stats()`` figure, with no attributes."""
+    return lambda s: [(cast(Dict[str, float], s)[key], {})]
+
+
 #: instrument -> (kind, unit, description, its values and extra attributes from stats())
-METRICS: Dict[str, Tuple[str, str, str,
-                         Callable[[PoolStats], List[Tuple[float, Dict[str, str]]]]]] = {
+METRICS: Dict[str, Tuple[str, str, str, Values]] = {
     "db.client.connection.count": (
         "updown", "{connection}", "Open sockets, by state",
         lambda s: [(s["idle"], {_STATE: "idle"}), (s["in_use"], {_STATE: "used"})]),
     "db.client.connection.max": (
         "updown", "{connection}", "Most sockets the pool opens (max_size)",
-        lambda s: [(s["max_size"], {})]),
+        _stat("max_size")),
     "db.client.connection.pending_requests": (
         "updown", "{request}", "Threads waiting for a socket",
-        lambda s: [(s["waiting"], {})]),
+        _stat("waiting")),
     "db.client.connection.timeouts": (
         "counter", "{timeout}", "Checkouts that timed out (PoolTimeout)",
-        lambda s: [(s["checkout_timeouts"], {})]),
+        _stat("checkout_timeouts")),
     "elevator.client.connection.checkouts": (
-        "counter", "{checkout}", "Sockets checked out", lambda s: [(s["checkouts"], {})]),
+        "counter", "{checkout}", "Sockets checked out", _stat("checkouts")),
     "elevator.client.connection.wait_time": (
         "counter", "s", "Time spent waiting for a socket, summed",
-        lambda s: [(s["wait_time_total"], {})]),
+        _stat("wait_time_total")),
     "elevator.client.connection.replaced": (
         "counter", "{connection}", "Sockets closed as unusable and replaced",
-        lambda s: [(s["replaced"], {})]),
+        _stat("replaced")),
     "elevator.client.connection.health_checks": (
         "counter", "{check}", "PINGs of idle sockets before reuse",
-        lambda s: [(s["health_checks"], {})]),
+        _stat("health_checks")),
     "elevator.client.timeouts": (
-        "counter", "{call}", "Calls that got no reply in time", lambda s: [(s["timeouts"], {})]),
+        "counter", "{call}", "Calls that got no reply in time", _stat("timeouts")),
     "elevator.client.server_timeouts": (
         "counter", "{call}", "Calls the server answered TIMEOUT (not started, nothing done)",
-        lambda s: [(s["server_timeouts"], {})]),
+        _stat("server_timeouts")),
     "elevator.client.retries": (
         "counter", "{retry}", "Requests sent again after a transport failure",
-        lambda s: [(s["retries"], {})]),
+        _stat("retries")),
     "elevator.client.stale_replies": (
         "counter", "{reply}", "Late replies recognised by id and dropped",
-        lambda s: [(s["stale_replies"], {})]),
+        _stat("stale_replies")),
     "elevator.client.merged_calls": (
         "counter", "{call}", "Calls answered by a merged request",
-        lambda s: [(s["merged_calls"], {})]),
+        _stat("merged_calls")),
     "elevator.client.merged_requests": (
-        "counter", "{request}", "Merged requests sent", lambda s: [(s["merged_requests"], {})]),
+        "counter", "{request}", "Merged requests sent", _stat("merged_requests")),
     "elevator.client.queued": (
-        "updown", "{call}", "Calls waiting now to be merged", lambda s: [(s["queued"], {})]),
+        "updown", "{call}", "Calls waiting now to be merged", _stat("queued")),
     "elevator.client.iterations": (
         "updown", "{iteration}", "RangeIter streams holding a socket now",
-        lambda s: [(s["iterations"], {})]),
+        _stat("iterations")),
     "elevator.client.iterations_opened": (
         "counter", "{iteration}", "RangeIter streams opened",
-        lambda s: [(s["iterations_opened"], {})]),
+        _stat("iterations_opened")),
 }
 
 
