@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, TypeVar
 
 from . import errors, protocol
 from .facts import ServerFacts
@@ -16,6 +16,8 @@ from .streams import PageStream, StreamSlots
 from .tracing import CallTracer
 
 __all__ = ["Caller"]
+
+T = TypeVar("T")
 
 
 class Caller:
@@ -39,13 +41,19 @@ class Caller:
         started = time.monotonic()
         deadline = started + timeout
         whole = timeout if call_timeout is None else call_timeout
+        return self._retried(cmd, lambda: self._attempt(cmd, args, uid, deadline, compression,
+                                                        stream, whole),
+                             started, deadline, idempotent=idempotent, is_write=is_write)
+
+    def _retried(self, cmd: str, attempt: Callable[[], T], started: float, deadline: float, *,
+                 idempotent: bool, is_write: bool = False) -> T:
+        """``attempt()``, its transport failures retried under the policy until
+        ``deadline``; the first attempt runs without tenacity (the success path's cost)."""
         try:
-            return self._attempt(cmd, args, uid, deadline, compression, stream, whole)
+            return attempt()
         except errors.TransportError as exc:
             return self.retry.call_after_failure(
-                exc, lambda: self._attempt(cmd, args, uid, deadline, compression, stream,
-                                           whole),
-                deadline=deadline, idempotent=idempotent, is_write=is_write,
+                exc, attempt, deadline=deadline, idempotent=idempotent, is_write=is_write,
                 describe=f"{cmd} to {self._slots.name}", on_retry=self._count_retry,
                 started=started)
 
@@ -77,20 +85,17 @@ class Caller:
             try:
                 first = stream.next_page()
             except errors.ElevatorTimeout:
-                with self._lock:
-                    self.timeouts += 1
+                self._count_timeout()
                 raise
             if first is None:  # pragma: no cover - a stream yields at least one page
                 raise errors.ProtocolError(f"{cmd}: a stream without any page")
             return stream, first
 
-        try:
-            return attempt()
-        except errors.TransportError as exc:
-            return self.retry.call_after_failure(
-                exc, attempt, deadline=deadline, idempotent=True,
-                describe=f"{cmd} to {self._slots.name}", on_retry=self._count_retry,
-                started=started)
+        return self._retried(cmd, attempt, started, deadline, idempotent=True)
+
+    def _count_timeout(self) -> None:
+        with self._lock:
+            self.timeouts += 1
 
     def _count_retry(self, attempt: int, cause: Optional[BaseException], wait: float) -> None:
         with self._lock:
@@ -122,8 +127,7 @@ class Caller:
                                 connect_timeout=self.connect_timeout, call_timeout=whole,
                                 max_message_size=self._max_message_size)
         except errors.ElevatorTimeout:
-            with self._lock:
-                self.timeouts += 1
+            self._count_timeout()
             raise
         except errors.ConnectionError as exc:
             if exc.request_sent and conn.last_frame_size > protocol.MIN_MAX_MESSAGE_SIZE:

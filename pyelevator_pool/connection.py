@@ -313,12 +313,12 @@ class Connection:
         False (nothing was done). A server's AUTH answer raises AuthenticationError.
         """
         rid = next(self._ids)
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
         whole = timeout if call_timeout is None else call_timeout
-        head, content = self._exchange(cmd, args, uid, rid, timeout, compression, stream, False,
-                                       connect_timeout, whole, max_message_size)
+        head, content = self._exchange(cmd, args, uid, rid, start, timeout, compression, stream,
+                                       False, connect_timeout, whole, max_message_size)
         if stream and head.get(protocol.MORE):
-            return self._receive_stream(cmd, rid, head, content, deadline, whole)
+            return self._receive_stream(cmd, rid, head, content, start + timeout, whole)
         return self._single(cmd, rid, head, content, bool(stream))
 
     def _single(self, cmd: str, rid: int, head: dict, content: bytes, stream: bool) -> Reply:
@@ -343,13 +343,13 @@ class Connection:
             raise self._malformed(cmd, exc) from None
         return Reply(status, None, err_msg, rid, datas)
 
-    def _exchange(self, cmd: str, args: Sequence, uid: Optional[str], rid: int,
+    def _exchange(self, cmd: str, args: Sequence, uid: Optional[str], rid: int, start: float,
                   timeout: float, compression: bool, stream: int, iterate: bool,
                   connect_timeout: Optional[float], whole: float,
                   max_message_size: Optional[Callable[["Connection", float], Optional[int]]]
                   ) -> Tuple[dict, bytes]:
-        """Send request ``rid`` and receive its (first) reply's header and content."""
-        start = time.monotonic()
+        """Send request ``rid`` and receive its (first) reply's header and content, within
+        ``timeout`` of ``start`` (the caller's ``time.monotonic()``)."""
         deadline = start + timeout
         frame = self._encode(cmd, args, uid, rid, compression, stream, deadline, iterate)
         self.last_frame_size = len(frame)
@@ -470,14 +470,14 @@ class Connection:
                 max_message_size: Optional[Callable[["Connection", float], Optional[int]]] = None
                 ) -> Iterator[Tuple[Reply, bool]]:
         """Send ``cmd`` (RANGE) as an iteration streamed in pages of at most ``page`` items
-        (meta ``iter``) and yield ``(Reply, is_last)`` per page as the caller takes them, crediting
-        each page taken. ``timeout`` bounds the first page's wait, ``page_timeout`` each
+        (meta ``iter``) and yield ``(Reply, is_last)`` per page as the caller takes them,
+        crediting each page taken. ``timeout`` bounds the first page's wait, ``page_timeout`` each
         later one's. A failure page is the last Reply. Closing the generator early
         closes the stream (CREDIT [id, 0]). The request is sent, and its first page
         received, by the first ``next()``. Raises as :meth:`request`."""
         rid = next(self._ids)
-        head, content = self._exchange(cmd, args, uid, rid, timeout, False, page, True,
-                                       connect_timeout, timeout, max_message_size)
+        head, content = self._exchange(cmd, args, uid, rid, time.monotonic(), timeout, False,
+                                       page, True, connect_timeout, timeout, max_message_size)
         if not head.get(protocol.MORE):
             yield self._single(cmd, rid, head, content, True), True
             return

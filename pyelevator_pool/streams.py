@@ -51,8 +51,8 @@ class PageStream:
     (the child never touches the parent's socket).
     """
 
-    def __init__(self, conn: Any, pages: Iterator[Tuple[Reply, bool]], checkin: Callable[[Any], None],
-                 release: Callable[[], None]) -> None:
+    def __init__(self, conn: Any, pages: Iterator[Tuple[Reply, bool]],
+                 checkin: Callable[[Any], None], release: Callable[[], None]) -> None:
         self._conn = conn
         self._pages: Optional[Iterator[Tuple[Reply, bool]]] = pages
         self._checkin = checkin
