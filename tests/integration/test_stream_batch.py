@@ -292,3 +292,20 @@ def test_a_bad_op_in_a_chunk_fails_the_batch_whole(raw, reader):
     assert reply.status == protocol.Status.FAILURE
     assert reply.err_code == protocol.ErrorCode.SIGNAL
     assert present(reader, [b"badop:0", b"badop:1", b"badop:2"]) == 0
+
+
+def test_a_batch_the_server_dropped_is_sent_again_whole(quick_expiry):
+    with Elevator(endpoint=quick_expiry.endpoint) as e:
+        keys = [key(b"dropped", i) for i in range(2 * STREAM_CHUNK + 50)]
+        wb = e.WriteBatch()
+        for k in keys:
+            wb.Put(k, b"d")
+        first = wb._slot.stream
+        assert first is not None and first.parts == 2 and not first.broken
+        wait_for("the idle batch is dropped", lambda: batches(e)["expired"] == 1)
+        wb.Write(timeout=DEADLINE)  # its final chunk is answered "missing": sent again whole
+        # every key, though the first chunks were dropped: the resend wrote them, as one
+        # streamed batch (written), the lost one counted once (expired)
+        assert present(e, keys) == len(keys)
+        counts = batches(e)
+        assert (counts["expired"], counts["written"], counts["pending"]) == (1, 1, 0)
