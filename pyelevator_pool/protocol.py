@@ -333,8 +333,9 @@ def decode_request(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Re
     except ProtocolError as exc:
         exc.id = rid
         raise
+    # an extension's request is never an original client's: no second pass over its frame
     return Request(cmd, uid, args, meta, rid, bool(meta.get("compression", False)),
-                   rid is None and not _has_bin(frame))
+                   rid is None and cmd not in NOTIFICATIONS and not _has_bin(frame))
 
 
 def _has_bin(frame: bytes) -> bool:
