@@ -32,6 +32,15 @@ STREAM_CHUNK = 10_000
 _ids = itertools.count(1)
 
 
+def wire_chunk(ops: List[Any]) -> List[Any]:
+    """A chunk as sent: flat ``[k1, v1, k2, v2...]`` when it holds only puts (the server
+    decodes a third as many objects), else the ops as BATCH has them."""
+    try:
+        return [x for _, k, v in ops for x in (k, v)]
+    except ValueError:  # a delete, (0, key): unpacked into three names it fails
+        return ops
+
+
 class BatchStream:
     """One streamed batch: its socket, id and the chunks sent. Not thread-safe (the
     WriteBatch calls it under its lock)."""
@@ -69,7 +78,7 @@ class BatchStream:
         if self.sent + len(ops) > self.max_keys:
             self.broken = True  # over the server's max_keys: Write refuses it before sending
             return False
-        if not conn.notify(protocol.BATCHPART, [self.id, self.parts, ops], self.uid,
+        if not conn.notify(protocol.BATCHPART, [self.id, self.parts, wire_chunk(ops)], self.uid,
                            first=self.parts == 0, connect_timeout=self._pool.connect_timeout):
             self.broken = True
             return False
@@ -83,7 +92,8 @@ class BatchStream:
         conn = self._conn
         assert conn is not None and not self.broken
         try:
-            return conn.request(protocol.BATCHEND, [self.id, self.parts, ops], self.uid,
+            return conn.request(protocol.BATCHEND, [self.id, self.parts, wire_chunk(ops)],
+                                self.uid,
                                 timeout=max(deadline - time.monotonic(), 0.0),
                                 connect_timeout=self._pool.connect_timeout, call_timeout=whole)
         finally:

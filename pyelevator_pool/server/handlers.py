@@ -123,13 +123,35 @@ def _count_arg(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _fill(wb: Any, ops: Any) -> None:
+def _is_flat(ops: list) -> bool:
+    """Whether a streamed chunk is flat puts ``[k1, v1, k2, v2...]`` rather than ops."""
+    return bool(ops) and isinstance(ops[0], bytes)
+
+
+def _op_count(ops: list, flat: bool) -> int:
+    return len(ops) // 2 if flat and _is_flat(ops) else len(ops)
+
+
+def _fill(wb: Any, ops: Any, flat: bool = False) -> None:
     """Add BATCH ops to a LevelDB write batch, checking each (CommandError for a bad one;
-    the caller then clears the batch: nothing of it is written)."""
+    the caller then clears the batch: nothing of it is written). ``flat``: a streamed
+    chunk may also be flat puts (no list per op: a third of the decoding)."""
     if not isinstance(ops, list):
         raise CommandError(f"BATCH ops must be an array, not {type(ops).__name__}",
                            ErrorCode.TYPE)
     put, delete = wb.put, wb.delete
+    if flat and _is_flat(ops):
+        if len(ops) % 2:
+            raise CommandError("a chunk of puts must be pairs: [key, value, key, value...]",
+                               ErrorCode.TYPE)
+        it = iter(ops)
+        try:
+            for k, v in zip(it, it):
+                put(k, v)
+        except (TypeError, ValueError):
+            raise CommandError("BATCH: the keys and values of a chunk of puts must be strings",
+                               ErrorCode.TYPE) from None
+        return
     for op in ops:
         try:
             n = len(op) if op.__class__ is list else 0
@@ -547,17 +569,17 @@ class Dispatcher:
         finally:
             it.close()
 
-    def _batch(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+    def _batch(self, db: plyvel.DB, args: list, flat: bool = False) -> Tuple[int, Any]:
         _arity("BATCH", args, 1)
         ops = args[0]
         if not isinstance(ops, list):
             raise CommandError(f"BATCH ops must be an array, not {type(ops).__name__}",
                                ErrorCode.TYPE)
-        self._check_batch_keys(len(ops))
+        self._check_batch_keys(_op_count(ops, flat))
         # A WriteBatch is only buffered until write(): a bad op anywhere means nothing is written.
         wb = db.write_batch(sync=self.sync)
         try:
-            _fill(wb, ops)
+            _fill(wb, ops, flat)
         except BaseException:
             wb.clear()
             raise
@@ -628,14 +650,15 @@ class Dispatcher:
             if not isinstance(ops, list):
                 raise CommandError(f"BATCH ops must be an array, not {type(ops).__name__}",
                                    ErrorCode.TYPE)
-            self._check_batch_keys(batch.ops + len(ops))
+            count = _op_count(ops, True)
+            self._check_batch_keys(batch.ops + count)
             if not batches.grow(batch, size):
                 reason = (f"the server holds {batches.max_bytes} bytes of streamed batches "
                           "already: retry later")
                 raise CommandError(f"BATCH refused: {reason}", ErrorCode.RUNTIME,
                                    detail={"busy": reason})
-            _fill(batch.wb, ops)
-            batch.ops += len(ops)
+            _fill(batch.wb, ops, True)
+            batch.ops += count
         except CommandError as exc:
             batches.spoil(batch, exc)
         except Exception as exc:  # plyvel failing: the final chunk reports it
@@ -659,7 +682,7 @@ class Dispatcher:
         if parts == 0:  # the whole batch in one chunk
             if batch is not None:
                 batch.fail(RuntimeError("replaced"))
-            return self._batch(db, [ops])
+            return self._batch(db, [ops], flat=True)
         if batch is None:
             raise _lost("missing", f"BATCHEND: the server holds none of the {parts} chunks "
                         "sent before it (the batch waited too long and was dropped, the "
@@ -675,8 +698,8 @@ class Dispatcher:
             if not isinstance(ops, list):
                 raise CommandError(f"BATCH ops must be an array, not {type(ops).__name__}",
                                    ErrorCode.TYPE)
-            self._check_batch_keys(batch.ops + len(ops))
-            _fill(batch.wb, ops)
+            self._check_batch_keys(batch.ops + _op_count(ops, True))
+            _fill(batch.wb, ops, True)
             batch.wb.write()
             written = True
         finally:
