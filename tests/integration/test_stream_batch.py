@@ -309,3 +309,23 @@ def test_a_batch_the_server_dropped_is_sent_again_whole(quick_expiry):
         assert present(e, keys) == len(keys)
         counts = batches(e)
         assert (counts["expired"], counts["written"], counts["pending"]) == (1, 1, 0)
+
+
+def test_chunks_with_deletes_are_applied_in_order(ele, reader):
+    keys = [key(b"mixed", i) for i in range(3 * STREAM_CHUNK)]
+    with ele.WriteBatch() as wb:
+        for k in keys:
+            wb.Put(k, b"old")
+    wb = ele.WriteBatch()
+    for i, k in enumerate(keys):
+        if i % 3 == 0:
+            wb.Delete(k)          # every chunk holds deletes: sent as BATCH ops, not flat
+        else:
+            wb.Put(k, b"new")
+    wb.Put(keys[3], b"again")     # a put after the delete of the same key, in the last chunk
+    assert wb._slot.stream is not None and wb._slot.stream.parts == 3
+    wb.Write()
+    values = reader.MGet(keys)
+    assert values[3] == b"again"
+    assert all(v is None for i, v in enumerate(values) if i % 3 == 0 and i != 3)
+    assert all(v == b"new" for i, v in enumerate(values) if i % 3)
