@@ -5,7 +5,7 @@ as chunks while they are being added (BATCHPART, never answered, so never waited
 and the rest with the final chunk at ``Write`` (BATCHEND, answered once the server wrote
 the whole batch atomically). All the chunks of a batch go on one socket, held from the
 first chunk to the end (the server keys the batch by connection and batch id, and one
-connection keeps them in order). No socket is held unless one is free at once.
+connection keeps them in order). A socket is held only when another stays free.
 """
 from __future__ import annotations
 
@@ -63,6 +63,9 @@ class BatchStream:
         """A stream on a socket free now, or None (the server does not stream batches, or
         every socket is busy: the batch is then written as one BATCH)."""
         if protocol.STREAM_BATCH not in limits:
+            return None
+        # never the pool's last free socket: the batch's own thread may call on meanwhile
+        if pool.stats()["in_use"] >= pool.max_size - 1:
             return None
         try:
             conn = pool.checkout(0)

@@ -329,3 +329,25 @@ def test_chunks_with_deletes_are_applied_in_order(ele, reader):
     assert values[3] == b"again"
     assert all(v is None for i, v in enumerate(values) if i % 3 == 0 and i != 3)
     assert all(v == b"new" for i, v in enumerate(values) if i % 3)
+
+
+def test_a_pool_of_one_socket_writes_one_batch_and_stays_usable(server, reader):
+    keys = [key(b"onesocket", i) for i in range(2 * STREAM_CHUNK + 1)]
+    with Elevator(endpoint=server.endpoint, max_size=1, checkout_timeout=5.0) as e:
+        wb = e.WriteBatch()
+        for k in keys[:STREAM_CHUNK + 1]:
+            wb.Put(k, b"1")
+        assert wb._slot.stream is None  # streaming would take the only socket
+        assert e.Exists(keys[0], timeout=5.0) is False  # this thread still gets its socket
+        for k in keys[STREAM_CHUNK + 1:]:
+            wb.Put(k, b"1")
+        wb.Write()
+        assert present(reader, keys) == len(keys)
+
+
+def test_the_idle_timeout_flag_must_be_positive(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pyelevator_pool.server", "--data-dir",
+                           str(tmp_path), "--batch-idle-timeout", "0"],
+                          capture_output=True, text=True, timeout=DEADLINE)
+    assert proc.returncode == 2
+    assert "batch_idle_timeout must be > 0" in proc.stderr
