@@ -871,6 +871,8 @@ class Elevator(Generic[Out]):
                     value=len(ops), maximum=maximum)
             whole, deadline = self._budget(timeout)
             if stream is None or stream.broken:
+                if stream is not None:
+                    stream.abort()  # its socket back before the batch is sent again
                 self._write_whole(ops, deadline, whole)
                 return
             try:
@@ -886,10 +888,11 @@ class Elevator(Generic[Out]):
                     self._raise(reply, protocol.BATCH, self.db_name)
             # Nothing of it was written (or, after an unanswered final chunk, writing the
             # same operations again converges): the whole batch again, under a new id.
+            stream.abort()
             self._write_whole(ops, deadline, whole)
         finally:
             if stream is not None:
-                stream.abort()  # nothing to do after end(): its socket is back already
+                stream.abort()  # its socket back; the server drops an unwritten batch
 
     def _batch_lost(self, reply: protocol.Reply) -> bool:
         """Whether a streamed batch's final chunk was refused with nothing written in a
@@ -917,6 +920,7 @@ class Elevator(Generic[Out]):
                 if not stream.part(ops[start:start + STREAM_CHUNK]):
                     break
             if stream.broken:  # the connection went away while sending: once, as one BATCH
+                stream.abort()
                 self._call(protocol.BATCH, [ops], timeout=_left(deadline), is_write=True,
                            call_timeout=whole)
                 return

@@ -91,16 +91,16 @@ class BatchStream:
 
     def end(self, ops: List[Any], deadline: float, whole: float) -> Reply:
         """Send the final chunk and return the server's answer (raises TransportError as
-        a request does); the socket is given back either way."""
+        a request does); :meth:`abort` then gives the socket back, and tells the server
+        to drop the batch unless it was written."""
         conn = self._conn
         assert conn is not None and not self.broken
-        try:
-            return conn.request(protocol.BATCHEND, [self.id, self.parts, wire_chunk(ops)],
-                                self.uid,
-                                timeout=max(deadline - time.monotonic(), 0.0),
-                                connect_timeout=self._pool.connect_timeout, call_timeout=whole)
-        finally:
-            self.release()
+        reply = conn.request(protocol.BATCHEND, [self.id, self.parts, wire_chunk(ops)],
+                             self.uid, timeout=max(deadline - time.monotonic(), 0.0),
+                             connect_timeout=self._pool.connect_timeout, call_timeout=whole)
+        if reply.status != protocol.Status.FAILURE:
+            self.parts = 0  # written: nothing left to drop
+        return reply
 
     def abort(self) -> None:
         """Tell the server to drop the batch (nothing of it is written), and give the

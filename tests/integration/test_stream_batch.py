@@ -351,3 +351,32 @@ def test_the_idle_timeout_flag_must_be_positive(tmp_path):
                           capture_output=True, text=True, timeout=DEADLINE)
     assert proc.returncode == 2
     assert "batch_idle_timeout must be > 0" in proc.stderr
+
+
+def test_a_streamed_batch_takes_its_turn_among_other_writes(ele, reader):
+    keys = [key(b"order", i) for i in range(2 * STREAM_CHUNK + 10)]
+    wb = ele.WriteBatch()
+    for k in keys:
+        wb.Put(k, b"batch")
+    assert wb._slot.stream is not None and wb._slot.stream.parts == 2
+    reader.Put(keys[0], b"before")   # received before the final chunk: applied first
+    reader.Put(keys[-1], b"before")  # (the last chunk's key too)
+    assert reader.Get(keys[0]) == b"before"
+    wb.Write()
+    assert reader.Get(keys[0]) == b"batch" and reader.Get(keys[-1]) == b"batch"
+    reader.Put(keys[1], b"after")    # received after: applied after
+    assert reader.Get(keys[1]) == b"after"
+
+
+def test_a_final_chunk_that_fails_drops_the_batch_on_the_server(ele, reader):
+    before = batches(reader)
+    wb = ele.WriteBatch()
+    for i in range(STREAM_CHUNK):
+        wb.Put(key(b"failend", i), b"x")
+    wb._ops.append((7, b"failend:bad"))  # an op the server refuses (SIGNAL), in the last chunk
+    with pytest.raises(Exception, match="unknown operation"):
+        wb.Write()
+    wait_for("nothing pending", lambda: batches(reader)["pending"] == before["pending"])
+    assert batches(reader)["failed"] == before["failed"] + 1
+    assert present(reader, [key(b"failend", i) for i in range(0, STREAM_CHUNK, 11)]) == 0
+    assert ele.pool.stats()["in_use"] == 0
