@@ -431,6 +431,8 @@ class Connection:
         the previous one (``first``: since now; a connection is awaited up to
         ``connect_timeout``). False: it may never reach the server, or reach another
         one, so what it belongs to must be sent again. Never raises."""
+        if os.getpid() != self.pid:
+            return False  # a forked child never touches its parent's sockets
         try:
             lost = bool(self._monitor.get(_EVENTS) & _POLLIN) and self._drain_monitor()
             if lost and not first:
