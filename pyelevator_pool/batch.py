@@ -4,6 +4,7 @@ No I/O here: :class:`~pyelevator_pool.client.WriteBatch` adds the client that wr
 """
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, List, Tuple
 
@@ -22,6 +23,8 @@ class PendingWrites:
     def __init__(self) -> None:
         self._ops: List[Op] = []
         self._lock = threading.Lock()
+        #: how many operations make :meth:`_filled` run (a subclass that streams lowers it)
+        self._mark = sys.maxsize
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -33,14 +36,23 @@ class PendingWrites:
 
     def Put(self, key: Key, value: Value) -> None:
         """Add a put of ``value`` under ``key`` (str or bytes; TypeError otherwise)."""
+        ops = self._ops
         if key.__class__ is bytes and value.__class__ is bytes:
-            self._ops.append((BATCH_PUT, key, value))
+            ops.append((BATCH_PUT, key, value))
         else:
-            self._ops.append((BATCH_PUT, to_bytes(key), to_bytes(value, "value")))
+            ops.append((BATCH_PUT, to_bytes(key), to_bytes(value, "value")))
+        if len(ops) >= self._mark:
+            self._filled()
 
     def Delete(self, key: Key) -> None:
         """Add a delete of ``key``."""
-        self._ops.append((BATCH_DELETE, to_bytes(key)))
+        ops = self._ops
+        ops.append((BATCH_DELETE, to_bytes(key)))
+        if len(ops) >= self._mark:
+            self._filled()
+
+    def _filled(self) -> None:
+        """Called when the operations reach ``_mark``: nothing to do here (no I/O)."""
 
     def Clear(self) -> None:
         """Discard every pending operation."""

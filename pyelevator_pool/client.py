@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import threading
 import time
+import weakref
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Generic, Iterator, List, Literal, Optional,
                     Sequence, Tuple, Union, overload)
 
@@ -19,6 +21,7 @@ from .decoding import check_errors, decode
 from .pool import ElevatorPool
 from .protocol import Status
 from .tracing import CallTracer, Described
+from .streambatch import STREAM_CHUNK, BatchStream
 
 __all__ = ["Elevator", "WriteBatch", "Key", "Value", "to_bytes"]
 
@@ -998,15 +1001,91 @@ class Elevator(Generic[Out]):
         """A :class:`WriteBatch` on this client's server, database and settings."""
         return WriteBatch(elevator=self)
 
-    def _write_batch(self, ops: List, timeout: Optional[float]) -> None:
-        maximum = self._limit("max_keys", len(ops), timeout)
-        if maximum is not None:
-            raise errors.LimitExceeded(
-                f"WriteBatch of {len(ops)} operations exceeds the server's limit of {maximum} "
-                f"operations per batch (max_keys): a batch is atomic, so it cannot be split; "
-                "write several smaller batches", limit="max_keys", value=len(ops),
-                maximum=maximum)
-        self._call(protocol.BATCH, [ops], timeout=timeout, is_write=True)
+    def _write_batch(self, ops: List, timeout: Optional[float],
+                     stream: Optional[BatchStream] = None) -> None:
+        """Write ``ops`` atomically: the final chunk of ``stream`` (its earlier chunks
+        already sent), else as one BATCH, or streamed whole when larger than a chunk."""
+        try:
+            maximum = self._limit("max_keys", len(ops), timeout)
+            if maximum is not None:
+                raise errors.LimitExceeded(
+                    f"WriteBatch of {len(ops)} operations exceeds the server's limit of "
+                    f"{maximum} operations per batch (max_keys): a batch is atomic, so it "
+                    "cannot be split; write several smaller batches", limit="max_keys",
+                    value=len(ops), maximum=maximum)
+            whole, deadline = self._budget(timeout)
+            if stream is None or stream.broken:
+                if stream is not None:
+                    stream.abort()  # its socket back before the batch is sent again
+                self._write_whole(ops, deadline, whole)
+                return
+            try:
+                reply = stream.end(ops[stream.sent:], deadline, whole)
+            except errors.TransportError as exc:
+                if time.monotonic() >= deadline or not self._pool.retry.is_retryable(
+                        exc, idempotent=False, is_write=True):
+                    raise
+            else:
+                if reply.status != Status.FAILURE:
+                    return
+                if not self._batch_lost(reply):
+                    self._raise(reply, protocol.BATCH, self.db_name)
+            # Nothing of it was written (or, after an unanswered final chunk, writing the
+            # same operations again converges): the whole batch again, under a new id.
+            stream.abort()
+            self._write_whole(ops, deadline, whole)
+        finally:
+            if stream is not None:
+                stream.abort()  # its socket back; the server drops an unwritten batch
+
+    def _batch_lost(self, reply: protocol.Reply) -> bool:
+        """Whether a streamed batch's final chunk was refused with nothing written in a
+        way that sending the whole batch again may cure: the server dropped it (idle,
+        restarted), the database's uid changed, or it does not know BATCHEND."""
+        detail = reply.detail or {}
+        if protocol.BATCH_LOST in detail or "unknown_uid" in detail:
+            return True
+        if reply.err_code == protocol.ErrorCode.KEY:  # a server without the extension
+            self._pool.facts.forget_limits()
+            return True
+        return False
+
+    def _write_whole(self, ops: List, deadline: float, whole: float) -> None:
+        """Send every operation now: as chunks and a final chunk when the batch is larger
+        than a chunk and the server streams batches, else as one BATCH."""
+        stream = self._batch_stream(deadline) if len(ops) > STREAM_CHUNK else None
+        if stream is None:
+            self._call(protocol.BATCH, [ops], timeout=_left(deadline), is_write=True,
+                       call_timeout=whole)
+            return
+        try:
+            last = (len(ops) - 1) // STREAM_CHUNK * STREAM_CHUNK
+            for start in range(0, last, STREAM_CHUNK):
+                if not stream.part(ops[start:start + STREAM_CHUNK]):
+                    break
+            if stream.broken:  # the connection went away while sending: once, as one BATCH
+                stream.abort()
+                self._call(protocol.BATCH, [ops], timeout=_left(deadline), is_write=True,
+                           call_timeout=whole)
+                return
+            reply = stream.end(ops[last:], deadline, whole)
+        finally:
+            stream.abort()
+        if reply.status == Status.FAILURE:
+            self._raise(reply, protocol.BATCH, self.db_name)
+
+    def _batch_stream(self, deadline: Optional[float] = None) -> Optional[BatchStream]:
+        """A stream for a WriteBatch's chunks, or None: the server does not stream
+        batches (the original one), no socket is free now, or the server cannot be
+        reached (the batch is then sent at Write, as one BATCH)."""
+        try:
+            timeout = None if deadline is None else _left(deadline)
+            if not self._binding[1]:
+                self._open(*self._budget(timeout))
+            limits = self._limits(timeout)
+        except errors.ElevatorError:
+            return None
+        return BatchStream.open(self._pool, self._binding[1], limits)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -1052,6 +1131,12 @@ class WriteBatch(PendingWrites):
         else:
             self._client = Elevator(db_name, **elevator_options)
             self._owns_client = True
+        # Streaming: the chunks sent so far (their socket, batch id), under one lock.
+        self._slot = _StreamSlot()
+        self._stream_lock = threading.Lock()
+        self._mark = STREAM_CHUNK
+        finalizer = weakref.finalize(self, self._slot.abandon)
+        setattr(finalizer, "atexit", False)  # at exit the sockets go with the process
 
     @property
     def db_name(self) -> str:
@@ -1060,20 +1145,63 @@ class WriteBatch(PendingWrites):
     def __repr__(self) -> str:
         return f"<WriteBatch db={self.db_name!r} ops={len(self)}>"
 
+    def _filled(self) -> None:
+        """A chunk's worth of operations is waiting: send it now, unanswered (streaming)."""
+        with self._stream_lock:
+            stream = self._slot.stream
+            if stream is None:
+                stream = self._slot.stream = self._client._batch_stream()
+                if stream is None:
+                    self._mark = sys.maxsize  # written as one BATCH at Write
+                    return
+            ops = self._ops
+            while len(ops) - stream.sent >= STREAM_CHUNK:
+                if not stream.part(ops[stream.sent:stream.sent + STREAM_CHUNK]):
+                    break
+            self._mark = sys.maxsize if stream.broken else stream.sent + STREAM_CHUNK
+
+    def _take_stream(self) -> Optional[BatchStream]:
+        """The stream of the operations so far (the caller ends or aborts it); the next
+        operations start afresh. Called under the stream lock."""
+        stream, self._slot.stream = self._slot.stream, None
+        self._mark = STREAM_CHUNK
+        return stream
+
     def Write(self, *, timeout: Optional[float] = None) -> None:
         """Apply every pending operation atomically; empty the batch on success.
 
         ``timeout`` (seconds) overrides the client's default deadline. Raises what
         :class:`Elevator` calls raise (TypeError/SignalError from the server for a
         malformed op, ElevatorTimeout...); on any failure the operations are kept.
+
+        On a server that streams batches, the operations already went as chunks while
+        they were added; Write sends the rest and waits for the server's one answer.
         """
-        ops = self.pending()
-        if ops:
-            self._client._write_batch(ops, timeout)
+        with self._stream_lock:
+            stream = self._take_stream()
+            ops = self.pending()
+            if not ops:
+                if stream is not None:
+                    stream.abort()
+                return
+            self._client._write_batch(ops, timeout, stream)
             self.written(len(ops))
 
+    def Clear(self) -> None:
+        """Discard every pending operation (the server drops the chunks it holds)."""
+        with self._stream_lock:
+            stream = self._take_stream()
+            if stream is not None:
+                stream.abort()
+            super().Clear()
+
     def close(self) -> None:
-        """Release the client's sockets if this batch opened its own client."""
+        """Release the client's sockets if this batch opened its own client (the chunks
+        streamed so far are dropped by the server; the operations are kept)."""
+        with self._stream_lock:
+            stream = self._take_stream()
+            if stream is not None:
+                stream.abort()
         if self._owns_client:
             self._client.close()
 
@@ -1100,6 +1228,27 @@ def _flatten(pages: Iterator[List[Any]]) -> Iterator[Any]:
         close = getattr(pages, "close", None)
         if close is not None:
             close()
+
+
+class _StreamSlot:
+    """Where a WriteBatch keeps its stream: also reachable by the finalizer that gives the
+    socket back when the batch is dropped without Write or Clear."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self) -> None:
+        self.stream: Optional[BatchStream] = None
+
+    def abandon(self) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        # not here: the garbage collector may run this inside the pool's own locked code
+        try:
+            threading.Thread(target=stream.abort, name="elevator-batch-abandoned",
+                             daemon=True).start()
+        except RuntimeError:  # the interpreter is shutting down
+            pass
 
 
 def _texts(value: Any) -> Any:

@@ -441,6 +441,31 @@ class Connection:
                 f"incomplete stream: expected page {expected}, got {seq!r}")
         return True
 
+    def notify(self, cmd: str, args: Sequence, uid: Optional[str], *, first: bool,
+               connect_timeout: float) -> bool:
+        """Send a request that is never answered (a streamed batch's chunk or abort)
+        without waiting; whether it was queued on a connection that has stayed up since
+        the previous one (``first``: since now; a connection is awaited up to
+        ``connect_timeout``). False: it may never reach the server, or reach another
+        one, so what it belongs to must be sent again. Never raises."""
+        if os.getpid() != self.pid:
+            return False  # a forked child never touches its parent's sockets
+        try:
+            lost = bool(self._monitor.get(_EVENTS) & _POLLIN) and self._drain_monitor()
+            if lost and not first:
+                return False
+            if not self._connected:
+                if not first:
+                    return False
+                self._await_connection(cmd, time.monotonic() + connect_timeout,
+                                       connect_timeout, connect_timeout, True)
+            self.socket.send(protocol.encode_notification(cmd, args, uid), _NOBLOCK)
+        except (zmq.ZMQError, errors.ElevatorError):
+            return False
+        finally:
+            self.last_used = time.monotonic()
+        return True
+
     def _send_credit(self, rid: int, pages: int) -> None:
         """Grant ``pages`` more pages of stream ``rid`` (0: close it); never blocks."""
         try:

@@ -27,7 +27,7 @@ __all__ = [
     "Request", "Reply", "DATA_COMMANDS", "DB_COMMANDS", "ALL_COMMANDS",
     "encode_request", "decode_request", "encode_reply", "encode_error_reply",
     "decode_reply", "compress", "decompress", "DEFAULT_MAX_MESSAGE_SIZE", "MIN_MAX_MESSAGE_SIZE",
-    "peek", "peek_id", "encode_credit",
+    "peek", "peek_id", "encode_credit", "encode_notification",
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024  # 64 MiB: a 1M-pair batch of 32-byte values fits
@@ -79,6 +79,19 @@ STREAM_ITER = "stream_iter"
 #: a notification, never answered: ``args`` = [stream id, n]; n > 0 grants n more pages,
 #: n == 0 closes the stream (the reader gave up)
 CREDIT = "CREDIT"
+# Streamed WriteBatch (extension): BATCHPART [batch id, seq, ops] accumulates, never
+# answered; BATCHEND [batch id, parts, ops] writes the batch atomically and is the only
+# one answered; BATCHABORT [batch id] drops it, never answered.
+BATCHPART, BATCHEND, BATCHABORT = "BATCHPART", "BATCHEND", "BATCHABORT"
+STREAM_BATCH_COMMANDS = frozenset({BATCHPART, BATCHEND, BATCHABORT})
+#: LIMITS key announcing the streamed WriteBatch: the server's idle timeout (ms) of a
+#: pending batch; absent on a server without it
+STREAM_BATCH = "stream_batch"
+#: reply ERR_DETAIL key of a streamed batch the server no longer holds whole (nothing of it
+#: was written, the client may send it again): "missing", "incomplete" or "reset"
+BATCH_LOST = "batch"
+#: requests never answered
+NOTIFICATIONS = frozenset({CREDIT, BATCHPART, BATCHABORT})
 #: request meta key: milliseconds (int) the client will wait for this reply, counted
 #: from when the server received it; a request not started by then fails with TIMEOUT
 TIMEOUT_MS = "timeout"
@@ -180,6 +193,11 @@ def encode_credit(stream_id: Any, pages: int) -> bytes:
     stream ``stream_id`` may be sent; 0 closes the stream."""
     return msgpack.packb({"meta": {}, "uid": None, "cmd": CREDIT, "args": [stream_id, pages]},
                          use_bin_type=True)
+
+
+def encode_notification(cmd: str, args: Sequence, uid: Optional[str]) -> bytes:
+    """A request that is never answered (BATCHPART, BATCHABORT): no id, no deadline."""
+    return msgpack.packb({"meta": {}, "uid": uid, "cmd": cmd, "args": args}, use_bin_type=True)
 
 
 #: peek_id reads at most this many top-level and meta entries (a request has 4)
@@ -325,8 +343,9 @@ def decode_request(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Re
     except ProtocolError as exc:
         exc.id = rid
         raise
+    # an extension's request is never an original client's: no second pass over its frame
     return Request(cmd, uid, args, meta, rid, bool(meta.get("compression", False)),
-                   rid is None and not _has_bin(frame))
+                   rid is None and cmd not in NOTIFICATIONS and not _has_bin(frame))
 
 
 def _has_bin(frame: bytes) -> bool:

@@ -10,6 +10,7 @@ from typing import Callable, List, Optional
 from .. import __version__, protocol
 from ..args import integer, number
 from ..argparsing import Parser, arg_type
+from .batches import DEFAULT_BATCH_IDLE
 from .handlers import DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE, MIN_LIMIT
 
 __all__ = ["main", "build_parser"]
@@ -92,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="SECONDS",
                    help="close databases idle this long (default always stays mounted); "
                         "0 never (default: %(default)s)")
+    p.add_argument("--batch-idle-timeout", dest="batch_idle",
+                   type=arg_type("batch_idle_timeout", number, convert=float,
+                                 expected="a number of seconds"),
+                   default=DEFAULT_BATCH_IDLE, metavar="SECONDS",
+                   help="drop, unwritten, a streamed WriteBatch whose client sent no chunk "
+                        "for this long (default: %(default)s)")
     p.add_argument("--heartbeat-interval", type=_seconds("heartbeat_interval"), default=5.0,
                    metavar="SECONDS",
                    help="ZMTP heartbeat to every client this often; a client silent for 3 "
@@ -226,7 +233,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     max_reply_size=args.max_reply_size,
                     curve_secret_key=args.curve_secret_key,
                     curve_authorized_keys=args.curve_authorized_keys,
-                    heartbeat_interval=args.heartbeat_interval,
+                    heartbeat_interval=args.heartbeat_interval, batch_idle=args.batch_idle,
                     metrics_port=args.metrics_port, metrics_bind=args.metrics_bind)
     config.slow_log_ms = args.slow_log_ms
     server = Server(config)

@@ -32,6 +32,7 @@ from .. import protocol
 from ..gcpause import gc_paused
 from ..protocol import ErrorCode, ProtocolError, encode_error_reply
 from ..security import load_key_pair
+from .batches import DEFAULT_BATCH_IDLE
 from .handlers import (DEFAULT_MAX_ITEMS, DEFAULT_MAX_KEYS, DEFAULT_MAX_REPLY_SIZE,
                        FAST_GET_MAX_FRAME, Dispatcher)
 from .metrics import (DatabaseFigures, FiguresHandoff, LoopFigures, MetricsServer, ServerCollector,
@@ -80,6 +81,8 @@ class Config:
     #: a directory of authorized clients' public certificates (NAME.key), or "*": any
     #: client that knows the server's public key (encryption without authentication)
     curve_authorized_keys: Optional[str] = None
+    #: seconds a streamed WriteBatch may wait for its next chunk before it is dropped
+    batch_idle: float = DEFAULT_BATCH_IDLE
     #: seconds between ZMTP heartbeats on each connection; a peer silent for 3 of them is
     #: dropped (its file descriptor freed). 0: no heartbeats
     heartbeat_interval: float = 5.0
@@ -116,7 +119,8 @@ class Server:
         self.dispatcher = Dispatcher(self.store, max_message_size=config.max_message_size,
                                      sync=config.sync, max_keys=config.max_keys,
                                      max_items=config.max_items,
-                                     max_reply_size=config.max_reply_size)
+                                     max_reply_size=config.max_reply_size,
+                                     batch_idle=config.batch_idle)
         if (config.curve_secret_key is None) != (config.curve_authorized_keys is None):
             raise ValueError("CURVE needs both curve_secret_key and curve_authorized_keys")
         self._auth: Any = None
@@ -157,7 +161,8 @@ class Server:
                 "connections_total": loop.connections_total,
                 "queues": {"heavy_waiting": loop.waiting, "heavy_running": loop.running,
                            "streams": loop.streams, "backlogged_clients": loop.backlogged_peers},
-                **snap, "databases": self._databases()}
+                **snap, "databases": self._databases(),
+                "batches": self.dispatcher.batches.stats()}
 
     def _databases(self) -> Dict[str, Dict[str, Any]]:
         """INFO's view of each database: path, mounted, size on disk and its usage
@@ -482,6 +487,8 @@ class Server:
         tick = max(0.05, min(1.0, unmount_after / 2)) if unmount_after > 0 else None
         next_tick = time.monotonic() + tick if tick else None
         next_stream_check = time.monotonic() + 1.0
+        batch_tick = min(1.0, self.config.batch_idle / 4)
+        next_batch_check = time.monotonic() + batch_tick
         try:
             while not self._stop.is_set():
                 wait = _BACKLOG_TICK if outbox.has_backlog() else _TICK
@@ -505,6 +512,9 @@ class Server:
                 if now >= next_stream_check:
                     next_stream_check = now + 1.0
                     scheduler.close_idle_streams()
+                if now >= next_batch_check:
+                    next_batch_check = now + batch_tick
+                    self._expire_batches()
                 if tick is not None and next_tick is not None and now >= next_tick:
                     next_tick = now + tick
                     for name in self.store.unmount_idle(unmount_after):
@@ -581,7 +591,10 @@ class Server:
                     request.cmd, request.uid) or dispatcher.stream_page(request):
                 scheduler.submit(ident, received, request=request, request_size=len(frame))
                 continue
-            reply = scheduler.expired_reply(request, received) or dispatcher.run(request)
+            if request.cmd in protocol.NOTIFICATIONS:  # a batch's abort: never answered
+                dispatcher.notify(request, ident, len(frame))
+                continue
+            reply = scheduler.expired_reply(request, received) or dispatcher.run(request, ident)
             send(ident, reply)
             answered = time.monotonic()
             error = reply_error(reply)
@@ -591,6 +604,14 @@ class Server:
                 reqlog.answered(ident, request.cmd, request.uid, len(frame), reply,
                                 answered - received, error)
         return handled
+
+    def _expire_batches(self) -> None:
+        """Drop the streamed batches whose client sent no chunk for the idle time."""
+        expired = self.dispatcher.batches.expire()
+        if expired:
+            self._rate_log(logging.WARNING, "batch-idle", "dropped %d streamed WriteBatch(es) "
+                           "unwritten: no chunk for %gs (the client died or gave up)",
+                           len(expired), self.config.batch_idle)
 
     def _pump(self) -> None:
         """Give the workers what the scheduler says may run next (run it here without
@@ -638,7 +659,7 @@ class Server:
         """The statistics, and the slow-request and failure lines, of a worker's reply
         (timed from receipt to sent); a stream's later pages are not counted (they wait
         for their reader's credit)."""
-        if task.stream is not None:
+        if task.stream is not None or not frames:  # not counted: a page, a notification
             return
         header = frames[0] if isinstance(frames[0], bytes) else frames[0].bytes
         error = reply_error([header])

@@ -23,6 +23,7 @@ from .. import protocol
 from ..protocol import (
     BATCH_DELETE, BATCH_PUT, CompressionUnavailable, ErrorCode, ProtocolError,
     Status, decode_request, encode_error_reply, encode_reply)
+from .batches import DEFAULT_BATCH_IDLE, PendingBatch, PendingBatches
 from .store import CommandError, Store, unknown_uid
 
 __all__ = ["Dispatcher", "DEFAULT_MAX_KEYS", "DEFAULT_MAX_ITEMS", "DEFAULT_MAX_REPLY_SIZE",
@@ -105,6 +106,77 @@ def _name(value: Any) -> str:
                        ErrorCode.TYPE)
 
 
+def _lost(kind: str, message: str) -> CommandError:
+    """The failure of a streamed batch the server no longer holds whole: nothing of it
+    was written, and the client may send it all again."""
+    return CommandError(message, ErrorCode.RUNTIME, detail={protocol.BATCH_LOST: kind})
+
+
+def _batch_id(value: Any) -> bool:
+    """Whether ``value`` may name a streamed batch: an int or a short string."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, bytes) and len(value) <= 64)
+
+
+def _count_arg(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_flat(ops: list) -> bool:
+    """Whether a streamed chunk is flat puts ``[k1, v1, k2, v2...]`` rather than ops."""
+    return bool(ops) and isinstance(ops[0], bytes)
+
+
+def _op_count(ops: list, flat: bool) -> int:
+    return len(ops) // 2 if flat and _is_flat(ops) else len(ops)
+
+
+def _fill(wb: Any, ops: Any, flat: bool = False) -> None:
+    """Add BATCH ops to a LevelDB write batch, checking each (CommandError for a bad one;
+    the caller then clears the batch: nothing of it is written). ``flat``: a streamed
+    chunk may also be flat puts (no list per op: a third of the decoding)."""
+    if not isinstance(ops, list):
+        raise CommandError(f"BATCH ops must be an array, not {type(ops).__name__}",
+                           ErrorCode.TYPE)
+    put, delete = wb.put, wb.delete
+    if flat and _is_flat(ops):
+        if len(ops) % 2:
+            raise CommandError("a chunk of puts must be pairs: [key, value, key, value...]",
+                               ErrorCode.TYPE)
+        it = iter(ops)
+        try:
+            for k, v in zip(it, it):
+                put(k, v)
+        except (TypeError, ValueError):
+            raise CommandError("BATCH: the keys and values of a chunk of puts must be strings",
+                               ErrorCode.TYPE) from None
+        return
+    for op in ops:
+        try:
+            n = len(op) if op.__class__ is list else 0
+            if n == 3 and op[0] == BATCH_PUT:
+                put(op[1], op[2])
+            elif n == 2 and op[0] == BATCH_DELETE:
+                delete(op[1])
+            else:
+                _bad_op(op)
+        except (TypeError, ValueError):  # a non-bytes key or value
+            _bad_op(op)
+
+
+def _bad_op(op: Any) -> None:
+    if not isinstance(op, list) or not op:
+        raise CommandError(f"BATCH op must be a non-empty array, not {op!r:.80}",
+                           ErrorCode.TYPE)
+    code = op[0]
+    if isinstance(code, bool) or code not in (BATCH_PUT, BATCH_DELETE):
+        raise CommandError(f"BATCH: unknown operation {code!r:.40}", ErrorCode.SIGNAL)
+    raise CommandError(
+        f"BATCH: malformed op {op!r:.80}: expected [1, key, value] or [0, key] with string "
+        "key and value", ErrorCode.TYPE)
+
+
 def _prefix_end(prefix: bytes) -> Optional[bytes]:
     """The smallest key greater than every key starting with ``prefix`` (None: no bound)."""
     stripped = prefix.rstrip(b"\xff")
@@ -119,8 +191,11 @@ class Dispatcher:
     def __init__(self, store: Store, *, max_message_size: int = protocol.DEFAULT_MAX_MESSAGE_SIZE,
                  sync: bool = False, max_keys: int = DEFAULT_MAX_KEYS,
                  max_items: int = DEFAULT_MAX_ITEMS,
-                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE) -> None:
+                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE,
+                 batch_idle: float = DEFAULT_BATCH_IDLE) -> None:
         self.store = store
+        #: streamed WriteBatches waiting for their final chunk
+        self.batches = PendingBatches(batch_idle)
         self.max_message_size = max_message_size
         self.sync = sync
         self.max_keys = max_keys
@@ -203,11 +278,12 @@ class Dispatcher:
         packb = msgpack.packb
         return [_FAST_HEADER + packb(rid), _FAST_CONTENT + packb(value)]
 
-    def run(self, request: protocol.Request) -> List[bytes]:
-        """The reply frames for a decoded request. Never raises."""
+    def run(self, request: protocol.Request, peer: bytes = b"") -> List[bytes]:
+        """The reply frames for a decoded request from client ``peer`` (its routing id).
+        Never raises."""
         rid = request.id
         try:
-            status, datas = self._execute(request)
+            status, datas = self._execute(request, peer)
         except Exception as exc:
             return self._failure(request, exc)
         try:
@@ -226,7 +302,7 @@ class Dispatcher:
                  seq: Optional[int] = None) -> List[bytes]:
         """The failure reply for an exception raised while running ``request`` (``seq``:
         the page of a stream it ends)."""
-        rid, cmd = request.id, request.cmd
+        rid = request.id
         if isinstance(exc, (CommandError, ProtocolError)):
             return encode_error_reply(exc.code, str(exc), id=rid, seq=seq,
                                       detail=getattr(exc, "detail", None))
@@ -336,9 +412,11 @@ class Dispatcher:
         finally:
             store.release(uid)
 
-    def _execute(self, request: protocol.Request) -> Tuple[int, Any]:
+    def _execute(self, request: protocol.Request, peer: bytes = b"") -> Tuple[int, Any]:
         cmd, uid, args = request.cmd, request.uid, request.args
         handler = self._data.get(cmd)
+        if handler is None and cmd == protocol.BATCHEND:
+            handler = functools.partial(self._batch_end, uid=uid or "", peer=peer)
         if handler is not None:
             if not uid:
                 raise CommandError(f"{cmd} needs the uid of a database (DBCONNECT gives it)",
@@ -492,47 +570,143 @@ class Dispatcher:
         finally:
             it.close()
 
-    def _batch(self, db: plyvel.DB, args: list) -> Tuple[int, Any]:
+    def _batch(self, db: plyvel.DB, args: list, flat: bool = False) -> Tuple[int, Any]:
         _arity("BATCH", args, 1)
         ops = args[0]
         if not isinstance(ops, list):
             raise CommandError(f"BATCH ops must be an array, not {type(ops).__name__}",
                                ErrorCode.TYPE)
-        if len(ops) > self.max_keys:
-            raise _over_limit("BATCH", f"{len(ops)} operations", self.max_keys, "max_keys",
-                              "a batch is atomic: write several smaller batches", len(ops))
+        self._check_batch_keys(_op_count(ops, flat))
         # A WriteBatch is only buffered until write(): a bad op anywhere means nothing is written.
         wb = db.write_batch(sync=self.sync)
-        put, delete = wb.put, wb.delete
         try:
-            for op in ops:
-                try:
-                    n = len(op) if op.__class__ is list else 0
-                    if n == 3 and op[0] == BATCH_PUT:
-                        put(op[1], op[2])
-                    elif n == 2 and op[0] == BATCH_DELETE:
-                        delete(op[1])
-                    else:
-                        self._bad_op(op)
-                except (TypeError, ValueError):  # a non-bytes key or value
-                    self._bad_op(op)
+            _fill(wb, ops, flat)
         except BaseException:
             wb.clear()
             raise
         wb.write()
         return _SUCCESS, None
 
+    def _check_batch_keys(self, count: int) -> None:
+        if count > self.max_keys:
+            raise _over_limit("BATCH", f"{count} operations", self.max_keys, "max_keys",
+                              "a batch is atomic: write several smaller batches", count)
+
+    # ------------------------------------------------------- streamed batches
+
+    def notify(self, request: protocol.Request, peer: bytes, size: int) -> None:
+        """Run a request that is never answered (BATCHPART, BATCHABORT) from client
+        ``peer``; ``size``: its frame's bytes. Never raises: a chunk that cannot be
+        added spoils its batch, whose final chunk then answers why."""
+        try:
+            if request.cmd == protocol.BATCHPART:
+                self._batch_part(request, peer, size)
+            elif request.cmd == protocol.BATCHABORT:
+                args = request.args
+                if len(args) == 1 and _batch_id(args[0]):
+                    self.batches.abort((peer, args[0]))
+        except Exception:  # pragma: no cover - a bug must not kill the loop or a worker
+            log.exception("%s failed", request.cmd)
+
+    def _batch_part(self, request: protocol.Request, peer: bytes, size: int) -> None:
+        uid, args = request.uid, request.args
+        if not uid or len(args) != 3 or not _batch_id(args[0]) or not _count_arg(args[1]):
+            log.debug("ignored a malformed BATCHPART")
+            return  # its final chunk finds the batch missing or incomplete
+        bid, seq, ops = args
+        store, batches = self.store, self.batches
+        key = (peer, bid)
+        try:
+            db = store.acquire(uid)
+        except CommandError:
+            return  # an unknown uid: the final chunk is answered so
+        try:
+            if seq == 0:
+                batch = batches.open(key, uid, db, functools.partial(db.write_batch,
+                                                                     sync=self.sync))
+            else:
+                batch = batches.take(key)
+            if batch is None:
+                return
+            try:
+                self._add_part(batch, db, uid, seq, ops, size)
+            finally:
+                batches.done(batch)
+                if not batches.held(batch):  # aborted or expired while it was filled
+                    batch.fail(RuntimeError("dropped"))
+        finally:
+            store.release(uid)
+
+    def _add_part(self, batch: PendingBatch, db: plyvel.DB, uid: str, seq: int, ops: Any,
+                  size: int) -> None:
+        if batch.error is not None:
+            return  # already failed: its final chunk answers the first failure
+        batches = self.batches
+        try:
+            if seq != batch.next_seq:
+                raise _lost("incomplete", f"BATCHEND: chunk {batch.next_seq} of the batch "
+                            f"never arrived (chunk {seq} came next); nothing was written")
+            batch.next_seq += 1
+            self._check_same_db(batch, db, uid)
+            if not isinstance(ops, list):
+                raise CommandError(f"BATCH ops must be an array, not {type(ops).__name__}",
+                                   ErrorCode.TYPE)
+            count = _op_count(ops, True)
+            self._check_batch_keys(batch.ops + count)
+            if not batches.grow(batch, size):
+                reason = (f"the server holds {batches.max_bytes} bytes of streamed batches "
+                          "already: retry later")
+                raise CommandError(f"BATCH refused: {reason}", ErrorCode.RUNTIME,
+                                   detail={"busy": reason})
+            _fill(batch.wb, ops, True)
+            batch.ops += count
+        except CommandError as exc:
+            batches.spoil(batch, exc)
+        except Exception as exc:  # plyvel failing: the final chunk reports it
+            batches.spoil(batch, CommandError(f"BATCH: {exc}", ErrorCode.DATABASE))
+
     @staticmethod
-    def _bad_op(op: Any) -> None:
-        if not isinstance(op, list) or not op:
-            raise CommandError(f"BATCH op must be a non-empty array, not {op!r:.80}",
-                               ErrorCode.TYPE)
-        code = op[0]
-        if isinstance(code, bool) or code not in (BATCH_PUT, BATCH_DELETE):
-            raise CommandError(f"BATCH: unknown operation {code!r:.40}", ErrorCode.SIGNAL)
-        raise CommandError(
-            f"BATCH: malformed op {op!r:.80}: expected [1, key, value] or [0, key] with string "
-            "key and value", ErrorCode.TYPE)
+    def _check_same_db(batch: PendingBatch, db: plyvel.DB, uid: str) -> None:
+        # a write batch belongs to one open handle: unmounted and reopened, it is void
+        if uid != batch.uid or db is not batch.handle:
+            raise _lost("reset", "BATCHEND: the database was closed or changed while the "
+                        "batch was streamed; nothing was written")
+
+    def _batch_end(self, db: plyvel.DB, args: list, *, uid: str,
+                   peer: bytes) -> Tuple[int, Any]:
+        _arity("BATCHEND", args, 3)
+        bid, parts, ops = args
+        if not _batch_id(bid) or not _count_arg(parts):
+            raise CommandError("BATCHEND takes [batch id (int or string), chunks sent "
+                               "before it (int >= 0), ops]", ErrorCode.REQUEST)
+        batch = self.batches.pop((peer, bid))
+        if parts == 0:  # the whole batch in one chunk
+            if batch is not None:
+                batch.fail(RuntimeError("replaced"))
+            return self._batch(db, [ops], flat=True)
+        if batch is None:
+            raise _lost("missing", f"BATCHEND: the server holds none of the {parts} chunks "
+                        "sent before it (the batch waited too long and was dropped, the "
+                        "server restarted, or it held too many batches); nothing was written")
+        written = False
+        try:
+            if batch.error is not None:
+                raise batch.error
+            if batch.next_seq != parts:
+                raise _lost("incomplete", f"BATCHEND: {parts} chunks were sent before it, "
+                            f"{batch.next_seq} arrived; nothing was written")
+            self._check_same_db(batch, db, uid)
+            if not isinstance(ops, list):
+                raise CommandError(f"BATCH ops must be an array, not {type(ops).__name__}",
+                                   ErrorCode.TYPE)
+            self._check_batch_keys(batch.ops + _op_count(ops, True))
+            _fill(batch.wb, ops, True)
+            batch.wb.write()
+            written = True
+        finally:
+            self.batches.finished(batch, written)
+            batch.fail(RuntimeError("finished"))  # frees its buffer now, written or not
+        return _SUCCESS, None
 
     # ------------------------------------------------------- admin commands
 
@@ -543,7 +717,8 @@ class Dispatcher:
         _arity("LIMITS", args, 0)
         return {"max_message_size": self.max_message_size, "max_keys": self.max_keys,
                 "max_items": self.max_items, "max_reply_size": self.max_reply_size,
-                protocol.STREAM_ITER: 1}
+                protocol.STREAM_ITER: 1,
+                protocol.STREAM_BATCH: max(1, int(self.batches.idle * 1000))}
 
     def _info(self, uid: Optional[str], args: list) -> Any:
         _arity("INFO", args, 0)

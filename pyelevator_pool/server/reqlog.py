@@ -27,7 +27,7 @@ log = logging.getLogger("elevator.server")
 _INF = float("inf")
 #: data commands whose KEY failure is a miss (an answer, not a problem): never logged
 _MISS = frozenset({protocol.GET, protocol.EXISTS, protocol.DELETE})
-_KNOWN = protocol.DATA_COMMANDS | protocol.DB_COMMANDS
+_KNOWN = protocol.DATA_COMMANDS | protocol.DB_COMMANDS | protocol.STREAM_BATCH_COMMANDS
 _SERVER_FAULTS = frozenset({ErrorCode.DATABASE, ErrorCode.OS, ErrorCode.RUNTIME})
 _MSG_MAX = 200
 

@@ -30,7 +30,11 @@ from .outbox import PEER_BACKLOG_BYTES, Outbox, RateLimitedLog
 
 __all__ = ["Scheduler", "Task", "WRITES"]
 
-WRITES = frozenset({protocol.PUT, protocol.DELETE, protocol.BATCH})
+#: a streamed batch's chunks and abort take their turns in the lane too: in order
+WRITES = (frozenset({protocol.PUT, protocol.DELETE, protocol.BATCH})
+          | protocol.STREAM_BATCH_COMMANDS)
+#: a streamed batch's chunks: run by a worker however small (the final one writes it all)
+_STREAM_CHUNKS = frozenset({protocol.BATCHPART, protocol.BATCHEND})
 _BULK = frozenset({protocol.MGET, protocol.BATCH, protocol.SLICE})
 _SLOW_ADMIN = frozenset({protocol.DBREPAIR, protocol.DBCREATE, protocol.DBDROP,
                          protocol.DBMOUNT, protocol.DBUMOUNT, protocol.DBCONNECT})
@@ -140,7 +144,7 @@ class Scheduler:
     def is_heavy(request: protocol.Request) -> bool:
         """Whether ``request`` may take long (it then goes to a worker)."""
         cmd, args = request.cmd, request.args
-        if cmd == protocol.RANGE or cmd in _SLOW_ADMIN:
+        if cmd == protocol.RANGE or cmd in _SLOW_ADMIN or cmd in _STREAM_CHUNKS:
             return True
         if cmd in _BULK and args:
             first = args[1] if cmd == protocol.SLICE and len(args) > 1 else args[0]
@@ -167,7 +171,9 @@ class Scheduler:
             peer = self._peers[ident] = _Peer()
         size = len(frame) if frame is not None else 0
         reason = None
-        if peer.pending >= PEER_PENDING_MAX:
+        unanswered = cmd in protocol.NOTIFICATIONS
+        # a client pipelines a batch's chunks unanswered: bounded by bytes, not by count
+        if peer.pending >= PEER_PENDING_MAX and not unanswered:
             reason = (f"this client already has {peer.pending} heavy requests waiting "
                       f"(at most {PEER_PENDING_MAX}): wait for their replies")
         elif self._outbox.backlog_bytes(ident) >= PEER_BACKLOG_BYTES // 2:
@@ -179,7 +185,12 @@ class Scheduler:
             reason = (f"too many open streams (at most {STREAMS_PER_PEER} per client): "
                       "read or close the others first")
         if reason is not None:
-            self._refuse(ident, rid if request is None else request.id, cmd, reason)
+            if unanswered:  # dropped: the batch's final chunk finds it incomplete
+                self.refused += 1
+                self._log(logging.WARNING, "refused-busy", "dropped %s from a client: %s",
+                          cmd, reason)
+            else:
+                self._refuse(ident, rid if request is None else request.id, cmd, reason)
             return
         lane = uid if cmd in WRITES and uid else None
         task = Task(ident, received, frame=frame, request=request, lane=lane, rid=rid,
@@ -251,6 +262,9 @@ class Scheduler:
                 request = dispatcher.decode(task.frame or b"")
             except ProtocolError as exc:
                 return dispatcher.decode_failure(exc)
+        if request.cmd in protocol.NOTIFICATIONS:
+            dispatcher.notify(request, task.ident, task.request_size)
+            return []  # never answered
         expired = self.expired_reply(request, task.received)
         if expired is not None:
             return expired
@@ -260,7 +274,7 @@ class Scheduler:
                             _window(request))
             task.new_stream = stream
             return self._page(task, stream)
-        return dispatcher.run(request)
+        return dispatcher.run(request, task.ident)
 
     @staticmethod
     def _page(task: Task, stream: Stream) -> List[bytes]:
@@ -278,7 +292,8 @@ class Scheduler:
         if task.lane is not None:
             self._busy_lanes.discard(task.lane)
         stream = task.stream or task.new_stream
-        self._outbox.send(task.ident, frames)
+        if frames:  # none for a notification (a streamed batch's chunk)
+            self._outbox.send(task.ident, frames)
         if stream is not None:
             stream.busy = False
             if not task.more or stream.closing:

@@ -67,7 +67,9 @@ def test_limits_command_reports_the_configured_limits(raw):
     assert reply.datas == {b"max_keys": MAX_KEYS, b"max_items": MAX_ITEMS,
                            b"max_reply_size": MAX_REPLY,
                            b"max_message_size": protocol.DEFAULT_MAX_MESSAGE_SIZE,
-                           b"stream_iter": 1}
+                           b"stream_iter": 1,
+                           # the streamed WriteBatch, with the default idle time in ms
+                           b"stream_batch": 60_000}
     bad = raw.call(protocol.LIMITS, [1])
     assert bad.status == Status.FAILURE and bad.err_code == ErrorCode.REQUEST
 

@@ -1,7 +1,6 @@
 """Prometheus metrics (``--metrics-port``): a real server scraped over HTTP on loopback."""
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys

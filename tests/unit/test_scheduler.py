@@ -36,7 +36,7 @@ class FakeDispatcher:
     def stream_page(self, request: Request) -> int:
         return request.meta.get("stream", 0)
 
-    def run(self, request: Request) -> List[bytes]:
+    def run(self, request: Request, peer: bytes = b"") -> List[bytes]:
         return protocol.encode_reply(None, id=request.id)
 
     def run_stream(self, request: Request, page: int):
