@@ -24,7 +24,8 @@ from .suite import BENCH_DB, REQUEST_TIMEOUT, make_data
 
 __all__ = ["main", "summarize"]
 
-WORKLOADS = ("WriteBatch", "MGet", "Range", "Slice", "RangeIter", "Get", "Get16")
+WORKLOADS = ("WriteBatch", "MGet", "Range", "Slice", "RangeIter", "Get", "Get16", "Get64",
+             "Put16")
 #: innermost frames that are a thread waiting, not working (left out of the shares)
 IDLE_FRAMES = ("Poller.poll (", "poll (libc", "epoll_wait (libc", "pthread_cond_wait", "futex_wait", "__futex_abstimed_wait", "do_futex_wait", "Socket.poll (", "Condition.wait (", "Event.wait (",
                "Thread._wait_for_tstate_lock (", "Thread.join (", "select (", "sleep (")
@@ -105,14 +106,20 @@ def _workload(name: str, ele, pairs: List[Tuple[bytes, bytes]]) -> Callable[[], 
             for k in mget_keys[:2000]:
                 ele.Get(k)
         return gets
-    if name == "Get16":
+    if name in ("Get16", "Get64", "Put16"):
         import threading
+        nthreads = int(name[3:])
+        per = max(1, len(mget_keys) // nthreads)
+        value = pairs[0][1]
 
         def threaded() -> None:
             def worker(i: int) -> None:
-                for k in mget_keys[i * 100:(i + 1) * 100]:
-                    ele.Get(k)
-            ts = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+                for k in mget_keys[i * per:(i + 1) * per][:100]:
+                    if name.startswith("Put"):
+                        ele.Put(k, value)
+                    else:
+                        ele.Get(k)
+            ts = [threading.Thread(target=worker, args=(i,)) for i in range(nthreads)]
             for t in ts:
                 t.start()
             for t in ts:

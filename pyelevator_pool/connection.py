@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import os
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
@@ -22,6 +21,7 @@ from . import errors, protocol
 from .gcpause import gc_paused
 from .protocol import Reply
 from .reachability import PROBE_SECONDS, Probe
+from . import pids
 
 __all__ = ["Connection", "normalize_endpoint"]
 
@@ -89,7 +89,7 @@ class Connection:
                  heartbeat_interval: float = 1.0, security: Any = None,
                  connect_timeout: Optional[float] = None) -> None:
         self.endpoint = endpoint
-        self.pid = os.getpid()
+        self.pid = pids.current()
         self.created = self.last_used = time.monotonic()
         #: True once the server echoed an id, False once it answered without one.
         self.ids_echoed: Optional[bool] = None
@@ -168,7 +168,7 @@ class Connection:
 
     def close(self) -> None:
         """Close at once, dropping anything queued (LINGER=0). Only from the owning process."""
-        if os.getpid() != self.pid:
+        if pids.current() != self.pid:
             return  # a forked child must not touch its parent's sockets
         if not self.socket.closed:
             try:
@@ -448,7 +448,7 @@ class Connection:
         the previous one (``first``: since now; a connection is awaited up to
         ``connect_timeout``). False: it may never reach the server, or reach another
         one, so what it belongs to must be sent again. Never raises."""
-        if os.getpid() != self.pid:
+        if pids.current() != self.pid:
             return False  # a forked child never touches its parent's sockets
         try:
             lost = bool(self._monitor.get(_EVENTS) & _POLLIN) and self._drain_monitor()

@@ -7,7 +7,6 @@ the ZeroMQ context and the socket factory.
 """
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from .security import CurveKeys
 from .slots import SocketPool
 from .streams import PageStream, StreamSlots
 from .tracing import CallTracer, tracer_for
+from . import pids
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -50,7 +50,7 @@ class _Remains:
     here, they outlive the pool's collection and are closed first."""
 
     def __init__(self, context: zmq.Context, owns_context: bool) -> None:
-        self.pid = os.getpid()
+        self.pid = pids.current()
         self.context = context
         self.owns_context = owns_context
         self._lock = threading.Lock()
@@ -62,7 +62,7 @@ class _Remains:
             self._sockets.extend(sockets)
 
     def __call__(self) -> None:
-        if os.getpid() != self.pid:
+        if pids.current() != self.pid:
             return  # a forked child never touches its parent's sockets
         with self._lock:
             sockets, self._sockets = self._sockets, []

@@ -10,7 +10,6 @@ tested without sockets (tests/unit/test_slots.py).
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import (Any, Callable, Deque, Dict, Iterator, List, Optional, Sequen
                     TypeVar)
 
 from . import errors
+from . import pids
 
 __all__ = ["SocketPool"]
 
@@ -91,7 +91,7 @@ class SocketPool:
         self._init_state()
 
     def _init_state(self) -> None:
-        self._pid = os.getpid()
+        self._pid = pids.current()
         self._lock = threading.Lock()
         self._local = threading.local()
         self._all: Set[Conn] = set()  # open sockets, idle or in use
@@ -108,7 +108,7 @@ class SocketPool:
         """In a forked child, start afresh (once); elsewhere nothing."""
         # A child never touches the parent's sockets (pyzmq refuses to close them from
         # another pid): it forgets them and starts afresh.
-        if self._pid != os.getpid():
+        if self._pid != pids.current():
             self._on_fork()
             self._init_state()
 
@@ -197,7 +197,7 @@ class SocketPool:
         """
         self.check_fork()
         budget = self.checkout_timeout if timeout is None else timeout
-        budget_end = time.monotonic() + budget
+        start = time.monotonic()
         prefer = self._local.__dict__.get("conn")
         with self._lock:
             if self._closed:
@@ -212,7 +212,7 @@ class SocketPool:
             if waiter.closed:
                 raise self._closed_error()
             granted = _OPEN if waiter.may_open else waiter.conn
-        return self._take(granted, budget_end)
+        return self._take(granted, start, start + budget)
 
     def try_checkout(self, timeout: float) -> Optional[Conn]:
         """A socket at once when one is free (or may be opened) and nobody waits for one,
@@ -226,13 +226,15 @@ class SocketPool:
                 self._local.__dict__.get("conn"))
         if granted is None:
             return None
-        return self._take(granted, time.monotonic() + timeout)
+        now = time.monotonic()
+        return self._take(granted, now, now + timeout)
 
-    def _take(self, granted: Any, budget_end: float) -> Conn:
-        """The socket granted to this thread: opened, or health-checked when long idle."""
+    def _take(self, granted: Any, asked: float, budget_end: float) -> Conn:
+        """The socket granted to this thread (``asked``: when the checkout began): opened,
+        or health-checked when it was idle longer than the interval by then."""
         conn: Conn = self._open() if granted is _OPEN else granted
         interval = self.health_check_interval
-        if interval is not None and time.monotonic() - conn.last_used > interval:
+        if interval is not None and asked - conn.last_used > interval:
             conn = self._health_check(conn, budget_end)
         self._local.conn = conn
         return conn
@@ -306,7 +308,7 @@ class SocketPool:
     def checkin(self, conn: Conn) -> None:
         """Give back a socket from :meth:`checkout`. A tainted one is closed (and its slot
         freed for a new one)."""
-        if conn.pid != os.getpid():
+        if conn.pid != pids.current():
             return  # checked out before a fork: the child's pool never counted it
         if conn.is_tainted or self._closed:
             self._retire(conn)
@@ -315,6 +317,8 @@ class SocketPool:
         with self._lock:
             if conn in self._all:  # else from before a close
                 self._idle[conn] = None
+            if not self._waiters and not self._closed:
+                return  # the common case: nobody to serve, nothing to retire
             retired, drained = self._assign()
         self._settle(retired, drained)
 
@@ -333,7 +337,7 @@ class SocketPool:
     def pinned(self) -> Optional[Conn]:
         """The socket pinned to this thread by :meth:`pin`, or None."""
         pin = self._local.__dict__.get("pin")
-        if pin is None or self._pid != os.getpid():
+        if pin is None or self._pid != pids.current():
             return None
         if self._closed:
             raise self._closed_error()
@@ -347,7 +351,7 @@ class SocketPool:
     def pin(self, timeout: Optional[float] = None) -> Iterator[Conn]:
         """Pin one socket to the calling thread for a block (re-entrant); yields it."""
         pin = self._local.__dict__.get("pin")
-        if pin is not None and self._pid == os.getpid():
+        if pin is not None and self._pid == pids.current():
             pin.depth += 1
             try:
                 yield pin.conn

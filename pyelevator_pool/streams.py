@@ -3,11 +3,11 @@ snapshot) over a socket leased from the pool for the iteration's life, given bac
 the iteration ends, is closed, or is garbage-collected."""
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Tuple
 
+from . import pids
 from .protocol import Reply
 
 __all__ = ["PageStream", "StreamSlots", "RESUME_IDLE"]
@@ -57,7 +57,7 @@ class PageStream:
         self._pages: Optional[Iterator[Tuple[Reply, bool]]] = pages
         self._checkin = checkin
         self._release = release
-        self._pid = os.getpid()
+        self._pid = pids.current()
         self.taken: Optional[float] = None  # when the last page was taken
         self.complete = False
         self._ended = False  # the last page was taken
@@ -72,7 +72,7 @@ class PageStream:
             self.complete = True
             self.close()
             return None
-        if self._pid != os.getpid():
+        if self._pid != pids.current():
             self._pages = None  # the parent's socket and stream: leave them be
             return None
         if self.taken is not None and time.monotonic() - self.taken > RESUME_IDLE:
@@ -89,7 +89,7 @@ class PageStream:
     def close(self) -> None:
         """Close the stream (the server releases its snapshot) and give the socket back."""
         pages, self._pages = self._pages, None
-        if pages is None or self._pid != os.getpid():
+        if pages is None or self._pid != pids.current():
             return
         try:
             close = getattr(pages, "close", None)
